@@ -1,0 +1,61 @@
+# Duotone developer entry points. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install generate verify test test-fast binaries cluster-up cluster-down demo bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	@echo "==> creating $(VENV) and installing duotone with its dev tools (no torch)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(INSTALLED) ## Create .venv and install the project with dev tools (no torch)
+
+generate: install ## Regenerate crds/ from the API models
+	$(PY) hack/gen-crd.py
+
+verify: install ## Lint, format, strict types, import layers, generated files unchanged
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy operator/duotone_operator runtime/duotone_runtime hack/gen-crd.py tests/support
+	$(VENV)/bin/lint-imports
+	$(PY) hack/gen-crd.py --check
+
+test-fast: install ## Unit tests only (pure, seconds)
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+binaries: ## Build (first time, minutes) or reuse the control-plane binaries
+	bash hack/build-binaries.sh
+
+test: install binaries ## The whole suite: unit, integration and e2e on a real control plane
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+cluster-up: binaries ## Start a local control plane with fake GPU nodes (127.0.0.1 only)
+	bash hack/cluster-up.sh
+
+cluster-down: ## Stop the local control plane and remove its state
+	bash hack/cluster-down.sh
+
+demo: ## The main job; arrives with the router (see README)
+	@echo "make demo is not available yet: it arrives with the router, which serves two CPU tiers behind one endpoint." >&2
+	@exit 1
+
+bench: install ## Run the benchmarks in bench/ (figures go to docs/benchmarks.md)
+	@shopt -s nullglob; scripts=(bench/*.py bench/*.sh); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmarks yet"; exit 0; fi; \
+	for s in "$${scripts[@]}"; do echo "==> $$s"; \
+	  case "$$s" in *.py) $(PY) "$$s";; *.sh) bash "$$s";; esac; done
+
+clean: ## Remove the virtualenv and caches (keeps the cached control-plane binaries)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
