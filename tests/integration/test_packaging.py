@@ -18,7 +18,7 @@ def test_plain_install_pulls_no_torch_and_the_api_imports(tmp_path: Path) -> Non
     python = env / "bin" / "python"
     # Same package index and wheel settings as the developer's pip; no cache writes into $HOME.
     subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-cache-dir", str(ROOT)],
+        [python, "-m", "pip", "install", "--quiet", "--no-cache-dir", "-e", str(ROOT)],
         check=True,
         timeout=300,
     )

@@ -135,3 +135,10 @@ def test_tiers_have_their_own_defaults() -> None:
     tiers = SCHEMA["properties"]["spec"]["properties"]["tiers"]["properties"]
     steps = {t: tiers[t]["properties"]["defaults"]["properties"]["steps"]["default"] for t in tiers}
     assert steps == {"efficient": 4, "flagship": 30}
+
+
+def test_docs_list_every_validation_rule() -> None:
+    """docs/api.md promises the full list of rules; keep it true."""
+    doc = (ROOT / "docs" / "api.md").read_text()
+    missing = [rule.message for rule in _all_rules() if rule.message not in doc]
+    assert missing == []
