@@ -135,7 +135,7 @@ class CRDValidator:
                 self._check(props[key], item, child, errors)
             elif isinstance(extra, dict):
                 self._check(extra, item, child, errors)
-            elif props is not None:
+            elif props is not None and path != "metadata":  # the server owns metadata's fields
                 errors.append(FieldError(child, f'unknown field "{child}"'))
 
     @staticmethod
@@ -150,9 +150,7 @@ class CRDValidator:
         if isinstance(value, str):
             if "maxLength" in schema and len(value) > schema["maxLength"]:
                 errors.append(
-                    FieldError(
-                        path, f"Too long: may not be more than {schema['maxLength']} characters"
-                    )
+                    FieldError(path, f"Too long: may not be more than {schema['maxLength']} bytes")
                 )
             if "pattern" in schema and not re.search(schema["pattern"], value):
                 errors.append(FieldError(path, f"should match '{schema['pattern']}'"))

@@ -55,6 +55,7 @@ model = st.fixed_dictionaries(
         "tokenSecretRef": st.fixed_dictionaries(
             {"name": mostly(_choice("hf-token"), _choice("Bad_Name"))}
         ),
+        "cacheClaimName": mostly(_choice("hf-cache"), _choice("Bad_Name")),
     },
 )
 tier = st.fixed_dictionaries(

@@ -2,7 +2,7 @@
 
 pydantic's JSON schema is close to a Kubernetes structural schema; this module closes the gap:
 inline `$ref`s, turn `anyOf[X, null]` into an optional X, restore defaults pydantic leaves out
-for `default_factory` fields (as `{}`/`[]` so inner defaults apply at admission), drop keywords
+for `default_factory` fields (in full, as the API server validates them as written), drop keywords
 Kubernetes refuses (`title`, `additionalProperties: false`, `propertyNames`), and attach the
 CEL rules. `hack/gen-crd.py` writes the result to `crds/`.
 """
@@ -84,8 +84,11 @@ def _factory_defaults(cls: type[BaseModel]) -> dict[str, Any]:
         if field.default_factory is None:
             continue
         value = field.default_factory()  # type: ignore[call-arg]
-        # A nested object defaults to {}: the API server then fills in its own defaults.
-        defaults[field.alias or name] = {} if isinstance(value, BaseModel | dict) else value
+        # In full: the API server checks a default against its object's rules as written,
+        # without filling in the inner defaults first.
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        defaults[field.alias or name] = value
     return defaults
 
 
@@ -130,8 +133,6 @@ class _Converter:
         out = {k: v for k, v in node.items() if k not in _DROPPED_KEYWORDS and k != "$defs"}
         if out.get("additionalProperties") is False:
             del out["additionalProperties"]
-        if isinstance(out.get("default"), dict):
-            out["default"] = {}
         if "const" in out:
             out["enum"] = [out.pop("const")]
         for bound in ("exclusiveMinimum", "exclusiveMaximum"):
@@ -160,11 +161,19 @@ def openapi_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": api.MAX_NAME_LENGTH,
+                        "x-kubernetes-validations": [api.NAME_RULE.to_crd()],
+                    }
+                },
+            },
             "spec": structural_schema(api.ImageModelDeploymentSpec),
             "status": status,
         },
-        "x-kubernetes-validations": [rule.to_crd() for rule in api.root_rules()],
     }
 
 

@@ -11,9 +11,9 @@ at 512x512 with tight latency, the flagship tier to many steps at 1024x1024.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from duotone_operator.api.rules import Rule, SpecModel, StatusModel, check_rules
 from duotone_operator.api.sources import (
@@ -107,6 +107,13 @@ class ModelSpec(SpecModel):
         None,
         description="hf:// only: Secret whose `token` key holds a read-only Hugging Face token.",
     )
+    cache_claim_name: str | None = Field(
+        None,
+        max_length=253,
+        description="hf:// only: PersistentVolumeClaim holding the pre-pulled Hugging Face "
+        "cache, mounted read-only as HF_HOME. Without it the cache starts empty, which only "
+        "works with allowDownload.",
+    )
 
     rules = (
         Rule(
@@ -126,6 +133,21 @@ class ModelSpec(SpecModel):
             message="model.tokenSecretRef applies only to hf:// sources",
             holds=lambda model: model.token_secret_ref is None or model.source.startswith("hf://"),
             field_path=".tokenSecretRef",
+        ),
+        Rule(
+            cel="!has(self.cacheClaimName) || self.source.startsWith('hf://')",
+            message="model.cacheClaimName applies only to hf:// sources",
+            holds=lambda model: model.cache_claim_name is None or model.source.startswith("hf://"),
+            field_path=".cacheClaimName",
+        ),
+        Rule(
+            cel=f"!has(self.cacheClaimName) || self.cacheClaimName.matches('{DNS_SUBDOMAIN_PATTERN}')",
+            message="model.cacheClaimName must be a valid PersistentVolumeClaim name",
+            holds=lambda model: (
+                model.cache_claim_name is None
+                or _matches(DNS_SUBDOMAIN_PATTERN, model.cache_claim_name)
+            ),
+            field_path=".cacheClaimName",
         ),
     )
 
@@ -662,17 +684,32 @@ class ImageModelDeploymentStatus(StatusModel):
 # --------------------------------------------------------------------------- the resource
 
 
+NAME_RULE = Rule(
+    cel=f"self.matches('{DNS_LABEL_1035_PATTERN}')",
+    message="metadata.name must start with a letter and contain only lowercase letters, "
+    "digits and '-' (it names Services)",
+    holds=lambda name: _matches(DNS_LABEL_1035_PATTERN, name),
+)
+"""Rule on metadata.name itself (with `maxLength: MAX_NAME_LENGTH` beside it in the CRD)."""
+
+
 class ObjectMeta(BaseModel):
     """The metadata fields Duotone reads; everything else passes through."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    name: str = Field(max_length=253)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_rule(cls, name: str) -> str:
+        check_rules(name, (NAME_RULE,))
+        return name
 
 
 class ImageModelDeployment(BaseModel):
@@ -685,33 +722,6 @@ class ImageModelDeployment(BaseModel):
     metadata: ObjectMeta
     spec: ImageModelDeploymentSpec
     status: ImageModelDeploymentStatus | None = None
-
-    rules: ClassVar[tuple[Rule, ...]] = (
-        Rule(
-            cel=f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-            message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
-            "so that child object names fit Kubernetes limits",
-            holds=lambda imd: len(imd.metadata.name) <= MAX_NAME_LENGTH,
-            field_path=".metadata.name",
-        ),
-        Rule(
-            cel=f"self.metadata.name.matches('{DNS_LABEL_1035_PATTERN}')",
-            message="metadata.name must start with a letter and contain only lowercase "
-            "letters, digits and '-' (it names Services)",
-            holds=lambda imd: _matches(DNS_LABEL_1035_PATTERN, imd.metadata.name),
-            field_path=".metadata.name",
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _check_rules(self) -> Self:
-        check_rules(self, self.rules)
-        return self
-
-
-def root_rules() -> tuple[Rule, ...]:
-    """Rules on the whole object (they read metadata.name)."""
-    return ImageModelDeployment.rules
 
 
 def spec_json_schema() -> dict[str, Any]:

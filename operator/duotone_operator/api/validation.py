@@ -86,7 +86,7 @@ def _message(error: ErrorDetails, field: str) -> str:  # noqa: PLR0911 - one ret
     if kind in ("literal_error", "enum"):
         return f"Unsupported value: {error['input']!r}: supported values: {ctx['expected']}"
     if kind == "string_too_long":
-        return f"Too long: may not be more than {ctx['max_length']} characters"
+        return f"Too long: may not be more than {ctx['max_length']} bytes"
     if kind == "too_long":
         return f"Too many: must have at most {ctx['max_length']} items"
     if kind in _JSON_TYPES:
