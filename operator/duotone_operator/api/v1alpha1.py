@@ -141,7 +141,8 @@ class ModelSpec(SpecModel):
             field_path=".cacheClaimName",
         ),
         Rule(
-            cel=f"!has(self.cacheClaimName) || self.cacheClaimName.matches('{DNS_SUBDOMAIN_PATTERN}')",
+            cel="!has(self.cacheClaimName) || "
+            f"self.cacheClaimName.matches('{DNS_SUBDOMAIN_PATTERN}')",
             message="model.cacheClaimName must be a valid PersistentVolumeClaim name",
             holds=lambda model: (
                 model.cache_claim_name is None

@@ -1,0 +1,169 @@
+"""Children of the router: Deployment, Service, ConfigMap (routing table), ServiceAccounts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from duotone_operator.api.v1alpha1 import ImageModelDeployment
+from duotone_operator.render import names
+from duotone_operator.render.tier import (
+    CONFIG_MOUNT,
+    Manifest,
+    RenderSettings,
+    _metadata,
+    restricted_container_security,
+    restricted_pod_security,
+)
+
+ROUTER_CONFIG_FILE = "router.json"
+API_KEYS_MOUNT = "/var/run/secrets/duotone/api-keys"
+
+
+def routing_table(imd: ImageModelDeployment) -> dict[str, Any]:
+    """What the router needs to route and guard requests; hot-reloaded from its ConfigMap."""
+    spec = imd.spec
+    namespace = imd.metadata.namespace
+    tiers = {}
+    for tier, tier_spec in spec.tiers.present().items():
+        service = names.tier_name(imd.metadata.name, tier)
+        tiers[tier] = {
+            "service": service,
+            "host": f"{service}.{namespace}.svc",
+            "grpcPort": names.GRPC_PORT,
+            "httpPort": names.HTTP_PORT,
+            "metricsPort": names.METRICS_PORT,
+            "defaults": tier_spec.defaults.model_dump(mode="json"),
+            "limits": tier_spec.limits.model_dump(mode="json"),
+            "slo": tier_spec.slo.model_dump(mode="json"),
+            "requestTimeoutMs": tier_spec.batching.request_timeout_ms,
+            "maxQueueSize": tier_spec.batching.max_queue_size,
+        }
+    router = spec.router
+    return {
+        "name": imd.metadata.name,
+        "namespace": namespace,
+        "tiers": tiers,
+        "traffic": {
+            "efficientPercent": spec.efficient_percent(),
+            "clientTierSelection": spec.traffic.client_tier_selection,
+            "overflow": spec.traffic.overflow,
+            "efficientOverflow": spec.traffic.efficient_overflow,
+        },
+        "rateLimit": router.rate_limit.model_dump(mode="json", exclude_none=True),
+        "maxBodyBytes": router.max_body_bytes,
+        "apiKeysPath": API_KEYS_MOUNT if router.api_keys_secret_ref is not None else None,
+    }
+
+
+def render_router_config_map(imd: ImageModelDeployment) -> Manifest:
+    name = imd.metadata.name
+    table = json.dumps(routing_table(imd), indent=2, sort_keys=True) + "\n"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(imd, names.router_config_name(name), names.router_labels(name)),
+        "data": {ROUTER_CONFIG_FILE: table},
+    }
+
+
+def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings) -> Manifest:
+    """The router pods. Config changes are hot-reloaded, so they do not roll these pods."""
+    name = imd.metadata.name
+    router = imd.spec.router
+    image = router.image or settings.router_image or imd.spec.runtime.image
+    volumes: list[Manifest] = [
+        {"name": "config", "configMap": {"name": names.router_config_name(name)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if router.api_keys_secret_ref is not None:
+        volumes.append(
+            {"name": "api-keys", "secret": {"secretName": router.api_keys_secret_ref.name}}
+        )
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+    amounts = {"cpu": router.resources.cpu, "memory": router.resources.memory}
+    probe: Manifest = {"periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3}
+    container: Manifest = {
+        "name": "router",
+        "image": image,
+        "imagePullPolicy": imd.spec.runtime.image_pull_policy,
+        "command": ["duotone-router"],
+        "args": [
+            "--config",
+            f"{CONFIG_MOUNT}/{ROUTER_CONFIG_FILE}",
+            "--port",
+            str(names.ROUTER_PORT),
+        ],
+        "ports": [{"name": "http", "containerPort": names.ROUTER_PORT, "protocol": "TCP"}],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, **probe},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, **probe},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(imd, names.router_name(name), names.router_labels(name)),
+        "spec": {
+            "replicas": router.replicas,
+            "selector": {"matchLabels": names.router_selector(name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {"labels": names.router_labels(name)},
+                "spec": {
+                    "serviceAccountName": names.router_name(name),
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": restricted_pod_security(),
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def render_router_service(imd: ImageModelDeployment) -> Manifest:
+    name = imd.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(imd, names.router_name(name), names.router_labels(name)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": names.router_selector(name),
+            "ports": [
+                {"name": "http", "port": names.ROUTER_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def render_service_accounts(imd: ImageModelDeployment) -> list[Manifest]:
+    """The router's (it reads EndpointSlices) and the runtime's (no API access at all)."""
+    name = imd.metadata.name
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _metadata(imd, names.router_name(name), names.router_labels(name)),
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _metadata(
+                imd, names.runtime_service_account(name), names.instance_labels(name)
+            ),
+            "automountServiceAccountToken": False,
+        },
+    ]

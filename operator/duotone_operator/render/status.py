@@ -1,0 +1,197 @@
+"""The status an IMD should show, from what was observed (pure; time is an argument).
+
+Conditions follow the Kubernetes API conventions: Ready, Progressing and Degraded are always
+present, each with a reason, a message, the generation it describes, and a transition time that
+changes only when the status does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from duotone_operator.api.v1alpha1 import TIER_NAMES, ImageModelDeployment, TierName
+from duotone_operator.render import names
+
+
+@dataclass(frozen=True)
+class DeploymentObservation:
+    """The parts of a Deployment's spec and status that decide readiness."""
+
+    desired: int
+    replicas: int
+    ready: int
+    updated: int
+    generation: int
+    observed_generation: int
+    stuck: bool = False
+    """Its Progressing condition says ProgressDeadlineExceeded."""
+
+    @property
+    def ready_enough(self) -> bool:
+        return self.ready >= self.desired
+
+    @property
+    def settled(self) -> bool:
+        """The rollout of the current spec is complete and no old pods remain."""
+        return (
+            self.observed_generation >= self.generation
+            and self.updated >= self.desired
+            and self.replicas == self.desired
+            and self.ready_enough
+        )
+
+
+Verdict = tuple[bool, str, str]
+"""A condition's status, reason and message."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a schema-valid spec cannot work in this cluster (e.g. a missing PVC)."""
+
+    reason: str
+    message: str
+
+
+def _condition(
+    kind: str,
+    *,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    value = "True" if status else "False"
+    before = previous.get(kind, {})
+    changed = before.get("status") != value
+    return {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": (
+            now.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if changed or "lastTransitionTime" not in before
+            else before["lastTransitionTime"]
+        ),
+    }
+
+
+def _describe(label: str, obs: DeploymentObservation | None) -> str:
+    if obs is None:
+        return f"{label} not created yet"
+    return f"{label} {obs.ready}/{obs.desired} ready"
+
+
+def _format_ms(ms: float) -> str:
+    return f"{ms / 1000:.1f}s" if ms >= 1000 else f"{ms:.0f}ms"
+
+
+def p50_summary(previous_tiers: Mapping[str, Any]) -> str | None:
+    """`eff 310ms, flag 5.2s` from the autoscaler's latest observations, if any."""
+    parts = []
+    for tier, short in (("efficient", "eff"), ("flagship", "flag")):
+        p50 = (previous_tiers.get(tier) or {}).get("p50LatencyMs")
+        if p50 is not None:
+            parts.append(f"{short} {_format_ms(float(p50))}")
+    return ", ".join(parts) or None
+
+
+def compute_status(
+    imd: ImageModelDeployment,
+    *,
+    tiers: Mapping[TierName, DeploymentObservation | None],
+    router: DeploymentObservation | None,
+    problems: Sequence[Problem],
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status fields the reconciler owns, as a JSON merge patch body.
+
+    Tiers removed from the spec are set to None (deleted by the merge patch); autoscaler-owned
+    fields of the remaining tiers (queueDepth, p50LatencyMs, ...) are left out, so the patch
+    keeps them.
+    """
+    previous = previous or {}
+    previous_conditions = {c["type"]: c for c in previous.get("conditions", []) if "type" in c}
+    generation = imd.metadata.generation
+    present = imd.spec.tiers.present()
+
+    tier_status: dict[str, Any] = {}
+    for tier in TIER_NAMES:
+        if tier not in present:
+            tier_status[tier] = None
+            continue
+        obs = tiers.get(tier)
+        replicas, ready_pods, desired = (
+            (obs.replicas, obs.ready, obs.desired)
+            if obs
+            else (0, 0, present[tier].replicas.minimum)
+        )
+        tier_status[tier] = {
+            "replicas": replicas,
+            "readyReplicas": ready_pods,
+            "readiness": f"{ready_pods}/{desired}",
+        }
+
+    observed: dict[str, DeploymentObservation | None] = {
+        **{t: tiers.get(t) for t in present},
+        "router": router,
+    }
+    summary = "; ".join(_describe(label, obs) for label, obs in observed.items())
+    missing = [label for label, obs in observed.items() if obs is None]
+    not_ready = [label for label, obs in observed.items() if obs and not obs.ready_enough]
+    rolling = [label for label, obs in observed.items() if obs and not obs.settled]
+    stuck = [label for label, obs in observed.items() if obs and obs.stuck]
+
+    ready: Verdict
+    progressing: Verdict
+    degraded: Verdict
+    if problems:
+        reason = problems[0].reason
+        message = "; ".join(p.message for p in problems)
+        ready = (False, reason, message)
+        progressing = (False, reason, "waiting for the problem to be fixed")
+        degraded = (True, reason, message)
+    else:
+        if missing:
+            ready = (False, "Creating", summary)
+        elif not_ready:
+            ready = (False, "TiersNotReady", summary)
+        else:
+            ready = (True, "AllTiersReady", summary)
+        if missing or rolling:
+            progressing = (True, "RollingOut", summary)
+        else:
+            progressing = (False, "Stable", summary)
+        if stuck:
+            degraded = (True, "RolloutStuck", f"progress deadline exceeded: {', '.join(stuck)}")
+        else:
+            degraded = (False, "AsExpected", "no known problem")
+
+    conditions = [
+        _condition(
+            kind,
+            status=values[0],
+            reason=values[1],
+            message=values[2],
+            generation=generation,
+            previous=previous_conditions,
+            now=now,
+        )
+        for kind, values in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded))
+    ]
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "endpoint": names.endpoint(imd.metadata.name, imd.metadata.namespace or "default"),
+        "tiers": tier_status,
+        "conditions": conditions,
+    }
+    status["p50"] = p50_summary(previous.get("tiers") or {})
+    return status

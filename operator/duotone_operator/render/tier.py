@@ -1,0 +1,340 @@
+"""Children of one tier: Deployment, Service, ConfigMap, PodDisruptionBudget (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from duotone_operator.api.sources import parse_model_source
+from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName, TierSpec
+from duotone_operator.render import names
+
+CONFIG_MOUNT = "/etc/duotone"
+TIER_CONFIG_FILE = "tier.json"
+MODEL_MOUNT = "/models"
+HF_CACHE_MOUNT = "/models/hf-cache"
+HF_TOKEN_MOUNT = "/var/run/secrets/duotone/hf"
+RUNTIME_UID = 1000
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Operator-wide choices that are not in the IMD."""
+
+    exit_timeout_seconds: int = 30
+    """Triton waits this long for in-flight requests after SIGTERM."""
+    pre_stop_seconds: int = 10
+    """Pause before SIGTERM so Services stop routing to a terminating pod first."""
+    shm_size: str = "1Gi"
+    """Shared memory of the Triton Python backend (requests and responses pass through it)."""
+    router_image: str | None = None
+    """Router image when the IMD names none; None means the runtime image."""
+
+    @property
+    def termination_grace_seconds(self) -> int:
+        """Above pre-stop pause plus exit timeout, so Triton always exits on its own first."""
+        return self.pre_stop_seconds + self.exit_timeout_seconds + 15
+
+
+def owner_reference(imd: ImageModelDeployment) -> Manifest:
+    """The ownerReference every child carries, so deleting the IMD deletes them."""
+    if imd.metadata.uid is None:
+        raise ValueError("an IMD without metadata.uid cannot own children")
+    return {
+        "apiVersion": imd.api_version,
+        "kind": imd.kind,
+        "name": imd.metadata.name,
+        "uid": imd.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    imd: ImageModelDeployment, name: str, labels: dict[str, str], **extra: Any
+) -> Manifest:
+    return {
+        "name": name,
+        "namespace": imd.metadata.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(imd)],
+        **extra,
+    }
+
+
+def tier_config(tier: TierName, spec: TierSpec) -> dict[str, str]:
+    """Data of the tier ConfigMap: the validated tier spec the runtime launcher reads."""
+    document = {"name": tier, "spec": spec.model_dump(mode="json")}
+    return {TIER_CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True) + "\n"}
+
+
+def config_hash(data: dict[str, str]) -> str:
+    """Stable hash of ConfigMap data; in the pod template it rolls pods when the config changes."""
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def render_tier_config_map(imd: ImageModelDeployment, tier: TierName, spec: TierSpec) -> Manifest:
+    name = imd.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(
+            imd, names.tier_config_name(name, tier), names.tier_labels(name, tier)
+        ),
+        "data": tier_config(tier, spec),
+    }
+
+
+def _runtime_model_source(spec: TierSpec) -> str:
+    """What the runtime loads: PVC sources become the path where the claim is mounted."""
+    source = parse_model_source(spec.model.source)
+    if source.kind == "pvc":
+        return f"file://{MODEL_MOUNT}/{source.path}".rstrip("/")
+    return spec.model.source
+
+
+def _volumes(
+    spec: TierSpec, config_map: str, settings: RenderSettings
+) -> tuple[list[Manifest], list[Manifest]]:
+    """Volumes and the runtime container's mounts: config, model, scratch, shared memory."""
+    volumes: list[Manifest] = [
+        {"name": "config", "configMap": {"name": config_map}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    source = parse_model_source(spec.model.source)
+    if source.kind == "pvc":
+        volumes.append(
+            {
+                "name": "model",
+                "persistentVolumeClaim": {"claimName": source.location, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+    if spec.model.cache_claim_name is not None:
+        volumes.append(
+            {
+                "name": "hf-cache",
+                "persistentVolumeClaim": {
+                    "claimName": spec.model.cache_claim_name,
+                    "readOnly": True,
+                },
+            }
+        )
+        mounts.append({"name": "hf-cache", "mountPath": HF_CACHE_MOUNT, "readOnly": True})
+    if spec.model.token_secret_ref is not None:
+        volumes.append(
+            {
+                "name": "hf-token",
+                "secret": {
+                    "secretName": spec.model.token_secret_ref.name,
+                    "items": [{"key": "token", "path": "token"}],
+                },
+            }
+        )
+        mounts.append({"name": "hf-token", "mountPath": HF_TOKEN_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def _env(spec: TierSpec) -> list[Manifest]:
+    hf_home = HF_CACHE_MOUNT if spec.model.cache_claim_name is not None else "/cache/huggingface"
+    env = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": hf_home},
+        {"name": "HF_HUB_OFFLINE", "value": "0" if spec.model.allow_download else "1"},
+    ]
+    if spec.model.token_secret_ref is not None:
+        env.append({"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_MOUNT}/token"})
+    return env
+
+
+def _resources(spec: TierSpec) -> Manifest:
+    amounts: dict[str, str] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
+    if spec.resources.gpus > 0:
+        amounts[spec.resources.gpu_resource_name] = str(spec.resources.gpus)
+    # requests == limits: Guaranteed QoS, so a busy node never evicts a serving pod first.
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _tolerations(spec: TierSpec) -> list[Manifest]:
+    tolerations = [
+        t.model_dump(mode="json", exclude_none=True) for t in spec.scheduling.tolerations
+    ]
+    if spec.resources.gpus > 0:
+        # GPU node pools are tainted with the GPU resource name; GPU pods tolerate it.
+        tolerations.append(
+            {"key": spec.resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
+        )
+    return tolerations
+
+
+def _http_probe(path: str, period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def restricted_container_security() -> Manifest:
+    """Pod Security Standard "restricted", plus a read-only root filesystem."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_pod_security() -> Manifest:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        "fsGroup": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def render_tier_deployment(
+    imd: ImageModelDeployment,
+    tier: TierName,
+    spec: TierSpec,
+    settings: RenderSettings,
+    *,
+    replicas: int | None,
+) -> Manifest:
+    """The tier's Deployment. `replicas` is set only when creating it: after that the
+    autoscaler owns spec.replicas (see `names.SCALE_FIELD_MANAGER`)."""
+    name = imd.metadata.name
+    config_map = names.tier_config_name(name, tier)
+    volumes, mounts = _volumes(spec, config_map, settings)
+    container: Manifest = {
+        "name": "runtime",
+        "image": imd.spec.runtime.image,
+        "imagePullPolicy": imd.spec.runtime.image_pull_policy,
+        "command": ["duotone-runtime"],
+        "args": [
+            "serve",
+            "--config",
+            f"{CONFIG_MOUNT}/{TIER_CONFIG_FILE}",
+            "--model-source",
+            _runtime_model_source(spec),
+            "--device",
+            "cuda" if spec.resources.gpus > 0 else "cpu",
+            "--http-port",
+            str(names.HTTP_PORT),
+            "--grpc-port",
+            str(names.GRPC_PORT),
+            "--metrics-port",
+            str(names.METRICS_PORT),
+            "--exit-timeout-secs",
+            str(settings.exit_timeout_seconds),
+        ],
+        "ports": [
+            {"name": "http", "containerPort": names.HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": names.GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": _env(spec),
+        "resources": _resources(spec),
+        # Loading a large pipeline takes minutes: the startup probe allows 15, liveness then
+        # restarts a hung server within a minute, and readiness means the model is loaded.
+        "startupProbe": _http_probe("/v2/health/live", period=10, failures=90),
+        "livenessProbe": _http_probe("/v2/health/live", period=10, failures=6),
+        "readinessProbe": _http_probe("/v2/health/ready", period=5, failures=3),
+        "lifecycle": {"preStop": {"sleep": {"seconds": settings.pre_stop_seconds}}},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": mounts,
+    }
+    pod_spec: Manifest = {
+        "serviceAccountName": names.runtime_service_account(name),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        "tolerations": _tolerations(spec),
+    }
+    if spec.scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    deployment_spec: Manifest = {
+        "selector": {"matchLabels": names.tier_selector(name, tier)},
+        # Never drop below the serving capacity during a rollout; surge one pod at a time.
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        },
+        "revisionHistoryLimit": 3,
+        "template": {
+            "metadata": {
+                "labels": names.tier_labels(name, tier),
+                "annotations": {
+                    names.CONFIG_HASH_ANNOTATION: config_hash(tier_config(tier, spec)),
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    if replicas is not None:
+        deployment_spec = {"replicas": replicas, **deployment_spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(imd, names.tier_name(name, tier), names.tier_labels(name, tier)),
+        "spec": deployment_spec,
+    }
+
+
+def render_tier_service(imd: ImageModelDeployment, tier: TierName) -> Manifest:
+    name = imd.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(imd, names.tier_name(name, tier), names.tier_labels(name, tier)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": names.tier_selector(name, tier),
+            "ports": [
+                {"name": "http", "port": names.HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": names.GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": names.METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def render_tier_pdb(imd: ImageModelDeployment, tier: TierName) -> Manifest:
+    """Voluntary disruptions (drains) take one serving pod at a time."""
+    name = imd.metadata.name
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(imd, names.tier_name(name, tier), names.tier_labels(name, tier)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": names.tier_selector(name, tier)},
+        },
+    }
