@@ -35,17 +35,17 @@ verify: install ## Lint, format, strict types, import layers, generated files un
 test-fast: install ## Unit tests only (pure, seconds)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-binaries: ## Build (first time, minutes) or reuse the control-plane binaries
-	bash hack/build-binaries.sh
+binaries: ## Build (first time, ~10 min) or reuse the control-plane binaries
+	hack/build-binaries.sh >/dev/null
 
 test: install binaries ## The whole suite: unit, integration and e2e on a real control plane
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 cluster-up: binaries ## Start a local control plane with fake GPU nodes (127.0.0.1 only)
-	bash hack/cluster-up.sh
+	hack/cluster-up.sh >/dev/null
 
 cluster-down: ## Stop the local control plane and remove its state
-	bash hack/cluster-down.sh
+	hack/cluster-down.sh
 
 demo: ## The main job; arrives with the router (see README)
 	@echo "make demo is not available yet: it arrives with the router, which serves two CPU tiers behind one endpoint." >&2

@@ -1,10 +1,13 @@
-"""Shared pytest configuration: markers by folder."""
+"""Shared pytest configuration: markers by folder, and the fixture plugins."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+# The real control plane (`cluster`, `namespace`) and the operator under its RBAC.
+pytest_plugins = ["tests.support.cluster", "tests.support.operator"]
 
 _MARKERS = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
 

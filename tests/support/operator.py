@@ -1,0 +1,194 @@
+"""Pytest fixtures: the CRD installed, and the real operator running under its own RBAC.
+
+The operator runs as a subprocess (`python -m duotone_operator`) with a kubeconfig that holds
+only a ServiceAccount token bound to `charts/duotone/files/operator-rbac-rules.yaml`, so every
+test that passes also proves those rules are enough.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.cluster import Cluster, wait_for
+from tests.support.manifests import CRD_PATH, ROOT
+
+RBAC_RULES = ROOT / "charts" / "duotone" / "files" / "operator-rbac-rules.yaml"
+OPERATOR_NAMESPACE = "duotone-system"
+OPERATOR_ACCOUNT = "duotone-operator"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def apply(cluster: Cluster, manifest: dict[str, Any], namespace: str | None = None) -> None:
+    args = ["apply", "--server-side", "--force-conflicts", "--filename=-"]
+    if namespace:
+        args.append(f"--namespace={namespace}")
+    cluster.kubectl(*args, stdin=json.dumps(manifest))
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> None:
+    """The generated CRD from crds/, installed and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", f"--filename={CRD_PATH}")
+
+    def established() -> bool:
+        crd = cluster.get_json("crd", "imagemodeldeployments.duotone.io")
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_for(established, timeout_s=60, what="the CRD to be Established")
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(
+    cluster: Cluster, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount, and nothing else."""
+    rules = yaml.safe_load(RBAC_RULES.read_text())
+    for manifest in (
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": OPERATOR_ACCOUNT},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": OPERATOR_ACCOUNT},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": OPERATOR_ACCOUNT,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+            ],
+        },
+    ):
+        apply(cluster, manifest)
+    token = cluster.service_account_token(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, 24 * 3600)
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = admin["clusters"][0]["cluster"]
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": server}],
+        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": OPERATOR_ACCOUNT}}],
+        "current-context": "operator",
+    }
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    return path
+
+
+@dataclass
+class OperatorProcess:
+    """One running operator; its log is kept for failure messages."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    health_port: int
+    metrics_port: int
+    args: list[str] = field(default_factory=list)
+
+    def log(self, last: int = 60) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-last:])
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def run_operator(
+    operator_kubeconfig: Path, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start the operator watching the given namespaces; every one started is stopped after."""
+    started: list[OperatorProcess] = []
+
+    def start(*namespaces: str, extra: tuple[str, ...] = ()) -> OperatorProcess:
+        health, metrics = free_port(), free_port()
+        log_path = tmp_path / f"operator-{len(started)}.log"
+        args = [
+            sys.executable,
+            "-m",
+            "duotone_operator",
+            *(f"--namespace={n}" for n in namespaces),
+            f"--kubeconfig={operator_kubeconfig}",
+            f"--health-port={health}",
+            f"--metrics-port={metrics}",
+            "--log-format=text",
+            "--retry-base-seconds=1",
+            "--retry-max-seconds=4",
+            *extra,
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
+        operator = OperatorProcess(process, log_path, health, metrics, args)
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+def imd_condition(cluster: Cluster, namespace: str, name: str, kind: str = "Ready") -> Any:
+    """The condition of one IMD, or None."""
+    imd = cluster.get_json("imd", name, f"--namespace={namespace}")
+    for condition in (imd.get("status") or {}).get("conditions") or []:
+        if condition["type"] == kind:
+            return condition
+    return None
+
+
+def wait_ready(
+    cluster: Cluster, namespace: str, name: str, operator: OperatorProcess, timeout_s: float = 90
+) -> dict[str, Any]:
+    """Wait until the IMD reports Ready=True for its current generation; return it."""
+
+    def ready() -> dict[str, Any] | None:
+        imd: dict[str, Any] = cluster.get_json("imd", name, f"--namespace={namespace}")
+        status = imd.get("status") or {}
+        current = status.get("observedGeneration") == imd["metadata"]["generation"]
+        conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+        return imd if current and conditions.get("Ready") == "True" else None
+
+    try:
+        return wait_for(ready, timeout_s=timeout_s, what=f"{namespace}/{name} to be Ready")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n--- operator log ---\n{operator.log()}") from None
