@@ -85,7 +85,11 @@ def operator_kubeconfig(
                 "name": OPERATOR_ACCOUNT,
             },
             "subjects": [
-                {"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+                {
+                    "kind": "ServiceAccount",
+                    "name": OPERATOR_ACCOUNT,
+                    "namespace": OPERATOR_NAMESPACE,
+                }
             ],
         },
     ):
@@ -98,7 +102,9 @@ def operator_kubeconfig(
         "kind": "Config",
         "clusters": [{"name": "local", "cluster": server}],
         "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": OPERATOR_ACCOUNT}}],
+        "contexts": [
+            {"name": "operator", "context": {"cluster": "local", "user": OPERATOR_ACCOUNT}}
+        ],
         "current-context": "operator",
     }
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"

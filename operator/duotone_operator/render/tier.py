@@ -269,8 +269,10 @@ def render_tier_deployment(
         "securityContext": restricted_pod_security(),
         "containers": [container],
         "volumes": volumes,
-        "tolerations": _tolerations(spec),
     }
+    tolerations = _tolerations(spec)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
     if spec.scheduling.priority_class_name:

@@ -1,0 +1,150 @@
+"""`duotone-operator`: run the reconciler (flags, or DUOTONE_* environment variables)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+import kopf
+from aiohttp import web
+from kubernetes import client as k8s
+from prometheus_client import start_http_server
+
+from duotone_operator import handlers, metrics
+from duotone_operator.cluster import Cluster, client_configuration
+from duotone_operator.health import WatchFreshness
+from duotone_operator.render.tier import RenderSettings
+
+log = logging.getLogger("duotone.operator")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"DUOTONE_{name}", default)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="duotone-operator",
+        description="Reconcile ImageModelDeployments into two-tier image serving.",
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[n for n in _env("NAMESPACES", "").split(",") if n],
+        help="namespace to watch (repeat; env DUOTONE_NAMESPACES, comma-separated); "
+        "none means all namespaces",
+    )
+    parser.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "9090")))
+    parser.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")))
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=_env("LOG_FORMAT", "json" if os.environ.get("KUBERNETES_SERVICE_HOST") else "text"),
+        help="json for clusters, text for terminals (default: json inside a pod)",
+    )
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    parser.add_argument("--router-image", default=_env("ROUTER_IMAGE", "") or None)
+    parser.add_argument(
+        "--exit-timeout-seconds", type=int, default=int(_env("EXIT_TIMEOUT_SECONDS", "30"))
+    )
+    parser.add_argument(
+        "--watch-timeout-seconds",
+        type=int,
+        default=int(_env("WATCH_TIMEOUT_SECONDS", "300")),
+        help="server-side watch timeout; the watch is re-established at least this often",
+    )
+    parser.add_argument(
+        "--watch-grace-seconds",
+        type=float,
+        default=float(_env("WATCH_GRACE_SECONDS", "90")),
+        help="liveness fails when the watch lags the API by longer than this",
+    )
+    parser.add_argument(
+        "--retry-base-seconds", type=float, default=float(_env("RETRY_BASE_SECONDS", "5"))
+    )
+    parser.add_argument(
+        "--retry-max-seconds", type=float, default=float(_env("RETRY_MAX_SECONDS", "300"))
+    )
+    parser.add_argument("--workers", type=int, default=int(_env("WORKERS", "8")))
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+async def _serve_health(
+    context: handlers.OperatorContext, namespaces: list[str], port: int
+) -> web.AppRunner:
+    """/healthz fails when the IMD watch lags the API server (or the API is unreachable)."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        try:
+            listed = await asyncio.to_thread(context.cluster.list_imd_versions, namespaces)
+        except Exception as exc:  # any failure to reach the API is "not healthy"
+            return web.Response(status=503, text=f"cannot list ImageModelDeployments: {exc}\n")
+        stale = context.freshness.stale(listed, time.monotonic())
+        metrics.WATCH_STALE.set(len(stale))
+        if stale:
+            return web.Response(status=503, text=f"watch stale for {len(stale)} objects\n")
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 - probed by the kubelet
+    return runner
+
+
+async def run(args: argparse.Namespace) -> None:
+    namespaces: list[str] = args.namespace
+    context = handlers.OperatorContext(
+        cluster=Cluster(k8s.ApiClient(client_configuration(args.kubeconfig))),
+        kubeconfig=args.kubeconfig,
+        render=RenderSettings(
+            exit_timeout_seconds=args.exit_timeout_seconds, router_image=args.router_image
+        ),
+        freshness=WatchFreshness(grace_seconds=args.watch_grace_seconds),
+        retry_base_seconds=args.retry_base_seconds,
+        retry_max_seconds=args.retry_max_seconds,
+        watch_server_timeout=args.watch_timeout_seconds,
+        workers=args.workers,
+    )
+    start_http_server(args.metrics_port)
+    runner = await _serve_health(context, namespaces, args.health_port)
+    log.info(
+        "watching %s; metrics on :%d, health on :%d",
+        ", ".join(namespaces) or "all namespaces",
+        args.metrics_port,
+        args.health_port,
+    )
+    try:
+        await kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            memo=kopf.Memo(context=context),
+        )
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    if not args.verbose:
+        # Kopf logs every handled watch event at INFO; keep its warnings and errors only.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure decisions (retry backoff now; autoscaling and routing next). No I/O, time passed in."""

@@ -1,0 +1,35 @@
+"""The operator's RBAC rules are least privilege (the e2e tests prove they are enough)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tests.support.manifests import ROOT
+
+RULES_PATH = ROOT / "charts" / "duotone" / "files" / "operator-rbac-rules.yaml"
+RULES: list[dict[str, Any]] = yaml.safe_load(RULES_PATH.read_text())
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def _grants(resource: str) -> set[str]:
+    return {v for r in RULES if resource in r["resources"] for v in r["verbs"]}
+
+
+def test_no_wildcards_and_no_privilege_verbs() -> None:
+    for rule in RULES:
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[key], rule
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+def test_secrets_are_never_written_listed_or_watched() -> None:
+    assert _grants("secrets") == {"get"}
+
+
+def test_children_can_be_applied_and_deleted_but_pods_are_not_touched() -> None:
+    for resource in ("deployments", "services", "configmaps", "poddisruptionbudgets"):
+        assert {"get", "list", "create", "patch", "delete"} <= _grants(resource), resource
+    assert _grants("pods") == set()
+    assert _grants("imagemodeldeployments") & WRITE_VERBS == {"patch"}
