@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from duotone_operator.api.crd import build_crd
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,6 +6,7 @@ Imported by the entry point (`duotone_operator.cli`), which configures the opera
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from duotone_operator.policy.backoff import retry_delay
 from duotone_operator.render import names
 from duotone_operator.render.children import render_children
 from duotone_operator.render.references import problems, required_references
-from duotone_operator.render.status import Problem, compute_status
+from duotone_operator.render.status import DeploymentObservation, Problem, compute_status
 from duotone_operator.render.tier import RenderSettings
 
 Manifest = dict[str, Any]
@@ -48,6 +49,9 @@ class OperatorContext:
     kubeconfig: str | None = None
     render: RenderSettings = field(default_factory=RenderSettings)
     freshness: WatchFreshness = field(default_factory=WatchFreshness)
+    observed: dict[tuple[str, str], DeploymentObservation] = field(default_factory=dict)
+    """Last observation per child Deployment, so status refreshes skip events that change
+    nothing the status shows (most Deployment events: timestamps, conditions)."""
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 300.0
     watch_server_timeout: int = 300
@@ -177,17 +181,26 @@ def _reconcile(
         desired, created = _apply_children(context, imd, existing)
         deleted = _delete_removed(cluster, imd, existing, desired)
     except ApiException as exc:
+        message = f"API {exc.status}: {_api_message(exc)}"
+        cluster.post_event(body, "Warning", "ApplyFailed", message)
         if is_transient(exc):
-            raise kopf.TemporaryError(f"API {exc.status}: {exc.reason}", delay=2) from exc
-        cluster.post_event(body, "Warning", "ApplyFailed", f"API {exc.status}: {exc.reason}")
+            # Conflicts clear in a moment; an overloaded or failing API server must not be
+            # hammered: the same capped backoff as for impossible specs, from 1 s.
+            delay = retry_delay(retry, base_seconds=1, max_seconds=context.retry_max_seconds)
+            raise kopf.TemporaryError(f"{message}; retrying in {delay:.0f}s", delay=delay) from exc
         raise
 
     if created:
-        cluster.post_event(body, "Normal", "Created", f"created {', '.join(created)}")
+        cluster.post_event(
+            body,
+            "Normal",
+            "Created",
+            f"generation {imd.metadata.generation}: created {', '.join(created)}",
+        )
     if deleted:
         cluster.post_event(body, "Normal", "Deleted", f"deleted {', '.join(deleted)}")
     handled = (body.get("status") or {}).get("observedGeneration")
-    if handled != imd.metadata.generation:
+    if handled != imd.metadata.generation and not created:
         cluster.post_event(
             body,
             "Normal",
@@ -204,6 +217,14 @@ def _reconcile(
         len(deleted),
     )
     patch.status.update(_refresh_status(context, body, []))
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own message (e.g. "failed to allocate a serviceIP: range is full")."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
 
 
 def _apply_children(
@@ -282,6 +303,7 @@ def _hand_replicas_to_autoscaler(cluster: Cluster, deployment: Manifest) -> None
 )
 def deployment_changed(
     body: kopf.Body,
+    type: str,  # noqa: A002 - Kopf's name for the watch event type
     namespace: str | None,
     memo: Any,
     logger: logging.Logger | logging.LoggerAdapter[Any],
@@ -292,6 +314,14 @@ def deployment_changed(
     if not owner or not namespace:
         return
     context = _context(memo)
+    key = (namespace, body["metadata"]["name"])
+    if type == "DELETED":
+        context.observed.pop(key, None)
+        return
+    observation = observe_deployment(dict(body))
+    if context.observed.get(key) == observation:
+        return
+    context.observed[key] = observation
     imd = context.cluster.get_imd(namespace, owner)
     if imd is None or imd["metadata"].get("deletionTimestamp"):
         return

@@ -18,6 +18,7 @@ from typing import Any
 import celpy
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
+
 from duotone_operator.api.validation import FieldError
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {

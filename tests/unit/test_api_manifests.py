@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from duotone_operator.api import InvalidSpecError, parse_imd
 
+from duotone_operator.api import InvalidSpecError, parse_imd
 from tests.support.crd_validation import CRDValidator
 from tests.support.manifests import InvalidCase, load_crd, load_examples, load_invalid_cases
 

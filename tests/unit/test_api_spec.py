@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from duotone_operator.api import InvalidSpecError, ModelSource, parse_imd, parse_model_source
 
+from duotone_operator.api import InvalidSpecError, ModelSource, parse_imd, parse_model_source
 from tests.support.builders import imd
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from duotone_operator.api import InvalidSpecError, parse_imd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from duotone_operator.api import InvalidSpecError, parse_imd
 from tests.support.crd_validation import CRDValidator
 from tests.support.manifests import load_crd
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from duotone_operator.api import v1alpha1
 from duotone_operator.api.crd import build_crd
 from duotone_operator.api.rules import Rule, SpecModel
-
 from tests.support.crd_validation import CRDValidator
 from tests.support.manifests import CRD_PATH, ROOT, load_crd
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from duotone_operator.health import WatchFreshness
 from duotone_operator.policy.backoff import retry_delay
 

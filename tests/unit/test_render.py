@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
+
 from duotone_operator.api import ImageModelDeployment, parse_imd
 from duotone_operator.render import names
 from duotone_operator.render.children import render_children
 from duotone_operator.render.tier import RenderSettings
-
 from tests.support.builders import imd
 from tests.support.manifests import ROOT, load_examples
 
@@ -199,6 +199,14 @@ def test_changing_one_tier_changes_only_its_pod_template() -> None:
     assert _pod(old, "sd-efficient") != _pod(new, "sd-efficient"), "efficient must roll"
     assert _pod(old, "sd-flagship") == _pod(new, "sd-flagship"), "flagship untouched"
     assert _pod(old, "sd-router") == _pod(new, "sd-router"), "router hot-reloads its config"
+
+
+def test_tier_services_are_headless_and_the_router_has_an_address() -> None:
+    children = _by_kind_name(
+        render_children(_deployed(imd("sd").tier("efficient").build()), SETTINGS)
+    )
+    assert children[("Service", "sd-efficient")]["spec"]["clusterIP"] == "None"
+    assert "clusterIP" not in children[("Service", "sd-router")]["spec"]
 
 
 def test_removed_tier_renders_no_children() -> None:

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from duotone_operator.api import parse_imd
 from duotone_operator.render.status import DeploymentObservation, Problem, compute_status
-
 from tests.support.builders import imd
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

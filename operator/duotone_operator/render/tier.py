@@ -306,6 +306,8 @@ def render_tier_deployment(
 
 
 def render_tier_service(imd: ImageModelDeployment, tier: TierName) -> Manifest:
+    """Headless: the router balances across the tier's pods itself (least outstanding
+    requests, addresses from EndpointSlices), so a virtual IP would only cost an address."""
     name = imd.metadata.name
     return {
         "apiVersion": "v1",
@@ -313,6 +315,7 @@ def render_tier_service(imd: ImageModelDeployment, tier: TierName) -> Manifest:
         "metadata": _metadata(imd, names.tier_name(name, tier), names.tier_labels(name, tier)),
         "spec": {
             "type": "ClusterIP",
+            "clusterIP": "None",
             "selector": names.tier_selector(name, tier),
             "ports": [
                 {"name": "http", "port": names.HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
