@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +329,20 @@ def test_kubectl_scale_survives_the_next_reconcile(
         what="status to show 2/2",
     )
     assert status["observedGeneration"] == 2
+
+
+def test_health_and_metrics_endpoints_report_a_live_watch(
+    cluster: Cluster, namespace: str, run_operator: Any
+) -> None:
+    operator = run_operator(namespace)
+    _create_imd(cluster, namespace, _tiny("sd"))
+    wait_ready(cluster, namespace, "sd", operator)
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz") as health:
+        assert health.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics") as metrics:
+        text = metrics.read().decode()
+    assert 'duotone_operator_reconciles_total{result="success"}' in text
+    assert "duotone_operator_watch_stale_objects 0.0" in text
 
 
 def test_deleting_the_imd_garbage_collects_every_child(
