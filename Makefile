@@ -15,12 +15,12 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml
-	@echo "==> creating $(VENV) and installing duotone with its dev tools (no torch)"
+	@echo "==> creating $(VENV); installing duotone with its dev tools and the runtime (torch, ~3 GB the first time)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime]'
 	@touch $@
 
-install: $(INSTALLED) ## Create .venv and install the project with dev tools (no torch)
+install: $(INSTALLED) ## Create .venv with the project, its dev tools and the runtime stack
 
 generate: install ## Regenerate crds/ from the API models
 	$(PY) hack/gen-crd.py
@@ -28,7 +28,8 @@ generate: install ## Regenerate crds/ from the API models
 verify: install ## Lint, format, strict types, import layers, generated files unchanged
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/duotone_operator runtime/duotone_runtime hack/gen-crd.py tests/support
+	$(VENV)/bin/mypy operator/duotone_operator runtime/duotone_runtime hack/gen-crd.py tests/support \
+	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py
 	$(VENV)/bin/lint-imports
 	$(PY) hack/gen-crd.py --check
 

@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 
 # The real control plane (`cluster`, `namespace`) and the operator under its RBAC.
-pytest_plugins = ["tests.support.cluster", "tests.support.operator"]
+pytest_plugins = ["tests.support.cluster", "tests.support.operator_process"]
 
 _MARKERS = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under tests/unit/ are `unit`, tests/integration/ `integration`, tests/e2e/ `e2e`."""
+    """Tests under tests/unit/ are `unit`, tests/integration/ `integration`, tests/e2e/ `e2e`
+    (subfolders included, e.g. tests/integration/runtime/)."""
+    root = Path(__file__).parent
     for item in items:
-        folder = Path(str(item.fspath)).parent.name
-        if folder in _MARKERS:
-            item.add_marker(getattr(pytest.mark, _MARKERS[folder]))
+        parts = Path(str(item.fspath)).relative_to(root).parts
+        if parts and parts[0] in _MARKERS:
+            item.add_marker(getattr(pytest.mark, _MARKERS[parts[0]]))

@@ -16,7 +16,7 @@ from duotone_operator.render.tier import RenderSettings
 from tests.support.builders import imd
 from tests.support.cluster import Cluster, wait_for
 from tests.support.manifests import load_examples
-from tests.support.operator import OperatorProcess, imd_condition, wait_ready
+from tests.support.operator_process import OperatorProcess, imd_condition, wait_ready
 
 pytestmark = pytest.mark.cluster
 

@@ -16,7 +16,8 @@ TIER_CONFIG_FILE = "tier.json"
 MODEL_MOUNT = "/models"
 HF_CACHE_MOUNT = "/models/hf-cache"
 HF_TOKEN_MOUNT = "/var/run/secrets/duotone/hf"
-RUNTIME_UID = 1000
+RUNTIME_UID = 10001
+"""The runtime image's non-root user (runtime/Dockerfile)."""
 
 Manifest = dict[str, Any]
 
@@ -227,7 +228,7 @@ def render_tier_deployment(
         "name": "runtime",
         "image": imd.spec.runtime.image,
         "imagePullPolicy": imd.spec.runtime.image_pull_policy,
-        "command": ["duotone-runtime"],
+        # The image's entrypoint is the runtime (`python -m duotone_runtime`).
         "args": [
             "serve",
             "--config",

@@ -4,8 +4,8 @@ Compared in the same run with a baseline: this process server-side applying the 
 children itself, one IMD at a time (the floor for the work, without the operator). Also reports
 the operator's resident memory idle, after N IMDs, and after deleting them.
 
-    python bench/operator.py                   # 200 IMDs created at once (a burst)
-    python bench/operator.py --interval 0.5    # 200 IMDs, one every 0.5 s
+    python bench/reconcile.py                   # 200 IMDs created at once (a burst)
+    python bench/reconcile.py --interval 0.5    # 200 IMDs, one every 0.5 s
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def child_counts(core: k8s.CoreV1Api, apps: k8s.AppsV1Api, namespace: str) -> di
     )
     for items in lists:
         for item in items:
-            owner = (item.metadata.labels or {}).get("app.kubernetes.io/instance", "")
+            labels = item.metadata.labels if item.metadata else None
+            owner = (labels or {}).get("app.kubernetes.io/instance", "")
             counts[owner] = counts.get(owner, 0) + 1
     return counts
 
@@ -225,7 +226,9 @@ def main() -> int:
         )
         api = k8s.ApiClient(client_configuration(str(kubeconfig)))
         for namespace in ("bench", "bench-baseline"):
-            k8s.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+            k8s.CoreV1Api(api).create_namespace(
+                k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace))
+            )
         base = baseline(Cluster(api), "bench-baseline", args.baseline_count)
         latencies, (rss_idle, rss_loaded, rss_after) = operator_phase(
             kubeconfig, env, state, api, count=args.count, interval_s=args.interval

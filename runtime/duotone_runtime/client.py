@@ -1,0 +1,127 @@
+"""Client helpers for the tier's Triton model (tests, benchmarks, and the router's reference).
+
+`generate_http` and `generate_grpc` send one request with tritonclient and return the PNG
+files; `scrape_metrics` reads Triton's Prometheus endpoint into samples. Needs tritonclient,
+which the Triton model itself never imports.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from duotone_runtime import protocol
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One request as a client sends it; None leaves the input out (the tier default)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    num_images: int | None = None
+
+    def values(self) -> dict[protocol.InputSpec, Any]:
+        """Input -> value for every input this request sets."""
+        given = {
+            protocol.PROMPT: self.prompt,
+            protocol.NEGATIVE_PROMPT: self.negative_prompt,
+            protocol.STEPS: self.steps,
+            protocol.GUIDANCE_SCALE: self.guidance_scale,
+            protocol.WIDTH: self.width,
+            protocol.HEIGHT: self.height,
+            protocol.SEED: self.seed,
+            protocol.NUM_IMAGES: self.num_images,
+        }
+        return {spec: value for spec, value in given.items() if value is not None}
+
+
+def _array(spec: protocol.InputSpec, value: Any) -> Any:
+    if spec.data_type == "TYPE_STRING":
+        return np.array([[str(value).encode("utf-8")]], dtype=np.object_)
+    return np.array([[value]], dtype=protocol.NUMPY_TYPES[spec.data_type])
+
+
+def _inputs(module: Any, request: ImageRequest) -> list[Any]:
+    inputs = []
+    for spec, value in request.values().items():
+        array = _array(spec, value)
+        tensor = module.InferInput(
+            spec.name, list(array.shape), protocol.CLIENT_TYPES[spec.data_type]
+        )
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def _pngs(result: Any) -> list[bytes]:
+    images = result.as_numpy(protocol.IMAGES)
+    return [bytes(image) for image in images.reshape(-1)]
+
+
+def generate_http(
+    client: Any, request: ImageRequest, model: str = protocol.DEFAULT_MODEL_NAME
+) -> list[bytes]:
+    """One request through `tritonclient.http.InferenceServerClient`; raises its error."""
+    outputs = [httpclient.InferRequestedOutput(protocol.IMAGES, binary_data=True)]
+    return _pngs(client.infer(model, _inputs(httpclient, request), outputs=outputs))
+
+
+def generate_grpc(
+    client: Any, request: ImageRequest, model: str = protocol.DEFAULT_MODEL_NAME
+) -> list[bytes]:
+    """One request through `tritonclient.grpc.InferenceServerClient`; raises its error."""
+    outputs = [grpcclient.InferRequestedOutput(protocol.IMAGES)]
+    return _pngs(client.infer(model, _inputs(grpcclient, request), outputs=outputs))
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One Prometheus sample."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def parse_metrics(text: str) -> list[Sample]:
+    """Prometheus text exposition -> samples (comments skipped)."""
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        name, labels, value = match.groups()
+        samples.append(Sample(name, dict(_LABEL.findall(labels or "")), float(value)))
+    return samples
+
+
+def scrape_metrics(url: str, timeout: float = 5.0) -> list[Sample]:
+    """Fetch and parse a metrics endpoint such as http://127.0.0.1:8002/metrics."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
+        return parse_metrics(response.read().decode(errors="replace"))
+
+
+def metric_sum(samples: list[Sample], name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`."""
+    return sum(
+        s.value
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )

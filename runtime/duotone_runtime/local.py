@@ -1,0 +1,148 @@
+"""A runtime server as a local process on loopback ports (tests, benchmarks, demos).
+
+`LocalServer(workdir, tier_document).start()` runs `python -m duotone_runtime serve` (which
+execs tritonserver), waits for readiness by polling with a deadline, and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from duotone_runtime import protocol
+from duotone_runtime.client import Sample, metric_sum, scrape_metrics
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
+    """Poll `condition` every 0.1 s until it holds; TimeoutError naming `what` past the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {deadline_s:.0f}s waiting for {what}")
+
+
+class ServerExitedError(RuntimeError):
+    """The server process ended while it was expected to run."""
+
+
+@dataclass
+class LocalServer:
+    """One `duotone-runtime serve` process (tritonserver after exec)."""
+
+    workdir: Path
+    tier: dict[str, Any]
+    """The operator's tier.json document: {"name": ..., "spec": {...}}."""
+    exit_timeout_secs: int = 30
+    extra_args: Sequence[str] = ()
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "server.log"
+
+    def command(self) -> list[str]:
+        config = self.workdir / "tier.json"
+        return [
+            sys.executable,
+            "-m",
+            "duotone_runtime",
+            "serve",
+            f"--config={config}",
+            f"--workdir={self.workdir / 'server'}",
+            f"--cache-dir={self.workdir.parent / 'cache'}",
+            "--address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--exit-timeout-secs={self.exit_timeout_secs}",
+            *self.extra_args,
+        ]
+
+    def start(self, deadline_s: float = 180.0) -> LocalServer:
+        """Start the process and wait until Triton reports the model ready."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "tier.json").write_text(json.dumps(self.tier))
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._ready, deadline_s, f"readiness of the server at {self.http_url}")
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise ServerExitedError(
+                f"server exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
+        return self.is_ready()
+
+    def is_ready(self) -> bool:
+        """Whether /v2/health/ready answers 200 (strict readiness: the model is loaded)."""
+        url = f"http://{self.http_url}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def model_is_ready(self) -> bool:
+        """Whether the model itself accepts requests (/v2/models/<name>/ready answers 200)."""
+        url = f"http://{self.http_url}/v2/models/{protocol.DEFAULT_MODEL_NAME}/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def metrics(self) -> list[Sample]:
+        return scrape_metrics(self.metrics_url)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_sum(self.metrics(), name, **labels)
+
+    def terminate(self) -> None:
+        """SIGTERM, then wait past the exit timeout; SIGKILL only if it is still there."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.exit_timeout_secs + 30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

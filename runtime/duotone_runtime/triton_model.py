@@ -1,0 +1,232 @@
+"""The Triton Python-backend model: one diffusers pipeline behind Triton's dynamic batcher.
+
+The launcher copies this file into the model repository as `<model>/1/model.py`. `initialize`
+loads the pipeline once (readiness means it is loaded and warmed up); `execute` validates each
+request against the tier's limits, groups the valid ones by shape into pipeline calls, and
+returns exactly one response per request: PNG files, or an error naming the offending field.
+One request's problem never fails the others in its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from duotone_runtime import protocol
+from duotone_runtime.batching import ShapeKey, plan_pipeline_calls
+from duotone_runtime.execution import STAGES, PipelineRunner
+from duotone_runtime.loading import load_pipeline, resolve_source
+from duotone_runtime.settings import parse_tier_document
+from duotone_runtime.validation import (
+    MAX_SEED,
+    FieldProblem,
+    GenerationRequest,
+    RawRequest,
+    RequestError,
+    validate_request,
+)
+
+BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+
+
+class _Metrics:
+    """Runtime metrics through the Python backend's metrics API (served on Triton's port)."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        counter, gauge, histogram = (
+            pb_utils.MetricFamily.COUNTER,
+            pb_utils.MetricFamily.GAUGE,
+            pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self._families: list[Any] = []
+
+        def family(name: str, description: str, kind: Any) -> Any:
+            created = pb_utils.MetricFamily(name=name, description=description, kind=kind)
+            self._families.append(created)
+            return created
+
+        images = family("duotone_images_generated_total", "Images generated.", counter)
+        steps = family(
+            "duotone_denoising_steps_total", "Denoising steps computed (images x steps).", counter
+        )
+        rate = family(
+            "duotone_denoising_steps_per_second",
+            "Denoising steps per second (images x steps / denoising time) of the last call.",
+            gauge,
+        )
+        stage_total = family(
+            "duotone_stage_seconds_total",
+            "Time spent per stage: text_encoding, denoising, vae_decode, png_encode.",
+            counter,
+        )
+        stage_hist = family(
+            "duotone_stage_duration_seconds", "Duration of each stage per pipeline call.", histogram
+        )
+        batch = family(
+            "duotone_pipeline_batch_images", "Images per pipeline call (batch size).", histogram
+        )
+        requests = family(
+            "duotone_execute_batch_requests", "Requests per Triton execute call.", histogram
+        )
+        rejected = family(
+            "duotone_requests_rejected_total",
+            "Requests answered with an error, by reason (invalid, failed, cancelled).",
+            counter,
+        )
+        self.images = images.Metric(labels=labels)
+        self.steps = steps.Metric(labels=labels)
+        self.steps_per_second = rate.Metric(labels=labels)
+        self.stage_total = {s: stage_total.Metric(labels={**labels, "stage": s}) for s in STAGES}
+        self.stage_duration = {
+            s: stage_hist.Metric(labels={**labels, "stage": s}, buckets=SECONDS_BUCKETS)
+            for s in STAGES
+        }
+        self.batch_images = batch.Metric(labels=labels, buckets=BATCH_BUCKETS)
+        self.batch_requests = requests.Metric(labels=labels, buckets=BATCH_BUCKETS)
+        self.rejected = {
+            reason: rejected.Metric(labels={**labels, "reason": reason})
+            for reason in ("invalid", "failed", "cancelled")
+        }
+
+
+def _single(request: Any, spec: protocol.InputSpec) -> Any:
+    """The one value of an input, or None when the client left it out."""
+    tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+    if tensor is None:
+        return None
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise RequestError(
+            (FieldProblem(spec.field, f"expected one value per request, got {values.size}"),)
+        )
+    value = values[0]
+    if spec.data_type == "TYPE_STRING":
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise RequestError((FieldProblem(spec.field, "is not valid UTF-8"),)) from error
+    if spec.data_type == "TYPE_FP32":
+        return float(value)
+    return int(value)
+
+
+def read_request(request: Any) -> RawRequest:
+    """The inputs of one Triton request as a RawRequest."""
+    return RawRequest(
+        prompt=_single(request, protocol.PROMPT) or "",
+        negative_prompt=_single(request, protocol.NEGATIVE_PROMPT),
+        steps=_single(request, protocol.STEPS),
+        guidance_scale=_single(request, protocol.GUIDANCE_SCALE),
+        width=_single(request, protocol.WIDTH),
+        height=_single(request, protocol.HEIGHT),
+        seed=_single(request, protocol.SEED),
+        num_images=_single(request, protocol.NUM_IMAGES),
+    )
+
+
+def _error(message: str, code: Any) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
+class TritonPythonModel:
+    """Triton's entry points: initialize, execute, finalize."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.tier = parse_tier_document(params["tier"])
+        self.logger = pb_utils.Logger
+        device = params.get("device", "cpu")
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        model = self.tier.spec.model
+        resolved = resolve_source(
+            model.source,
+            pvc_root=Path(params.get("pvc_root", "/models")),
+            cache_dir=Path(params.get("cache_dir") or tempfile.gettempdir()),
+            allow_download=model.allow_download,
+        )
+        pipeline = load_pipeline(resolved, dtype=model.dtype, device=device)
+        self.runner = PipelineRunner(
+            pipeline, device=device, batch_invariant=params.get("batch_invariant") == "true"
+        )
+        self.max_images_per_call = max(
+            int(config["max_batch_size"]), self.tier.spec.limits.max_images_per_request
+        )
+        self.metrics = _Metrics({"model": args["model_name"], "tier": self.tier.name})
+        defaults = self.tier.spec.defaults
+        # One step at the default shape, so the first client does not pay for kernel setup.
+        warmup = GenerationRequest(
+            "warm-up", "", 1, defaults.guidance_scale, defaults.width, defaults.height, 0, 1
+        )
+        self.runner.run(ShapeKey.of(warmup), [warmup])
+        self.logger.log_info(
+            f"duotone: tier {self.tier.name} serving {model.source} ({model.dtype}) on {device}; "
+            f"batch-invariant layers: {self.runner.batch_invariant_layers}"
+        )
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        valid: list[GenerationRequest | None] = [None] * len(requests)
+        spec = self.tier.spec
+        for position, request in enumerate(requests):
+            try:
+                valid[position] = validate_request(
+                    read_request(request),
+                    spec.defaults,
+                    spec.limits,
+                    seed_if_missing=secrets.randbelow(MAX_SEED + 1),
+                )
+            except RequestError as error:
+                self.metrics.rejected["invalid"].increment(1)
+                responses[position] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
+        self.metrics.batch_requests.observe(float(len(requests)))
+
+        for call in plan_pipeline_calls(valid, self.max_images_per_call):
+            members = [p for p in call.members if not requests[p].is_cancelled()]
+            for position in set(call.members) - set(members):
+                self.metrics.rejected["cancelled"].increment(1)
+                responses[position] = _error("request cancelled", pb_utils.TritonError.CANCELLED)
+            if not members:
+                continue
+            batch = [valid[p] for p in members]
+            try:
+                result = self.runner.run(call.shape, [r for r in batch if r is not None])
+            except Exception as error:  # one failed call must not fail the other groups
+                self.logger.log_error(f"duotone: pipeline call {call.shape} failed: {error!r}")
+                for position in members:
+                    self.metrics.rejected["failed"].increment(1)
+                    responses[position] = _error(
+                        f"generation failed: {type(error).__name__}: {error}",
+                        pb_utils.TritonError.INTERNAL,
+                    )
+                continue
+            self._record(result.image_count, result.denoising_steps, result.stages.as_dict())
+            for position, pngs in zip(members, result.images, strict=True):
+                images = np.array([pngs], dtype=np.object_)
+                responses[position] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(protocol.IMAGES, images)]
+                )
+        return responses
+
+    def _record(self, images: int, steps: int, stages: dict[str, float]) -> None:
+        self.metrics.images.increment(float(images))
+        self.metrics.steps.increment(float(steps))
+        if stages["denoising"] > 0:
+            self.metrics.steps_per_second.set(steps / stages["denoising"])
+        self.metrics.batch_images.observe(float(images))
+        for stage, seconds in stages.items():
+            self.metrics.stage_total[stage].increment(seconds)
+            self.metrics.stage_duration[stage].observe(seconds)
+
+    def finalize(self) -> None:
+        self.logger.log_info("duotone: model unloaded")

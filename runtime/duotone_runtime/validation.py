@@ -1,0 +1,181 @@
+"""Checking one request against the tier's limits (pure).
+
+Every problem is reported with the wire field name so a client knows what to fix, e.g.
+"steps: 12 exceeds the tier's limits.maxSteps 8". A request with several problems gets all of
+them in one message, separated by "; ".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from duotone_operator.api.v1alpha1 import RequestDefaults, RequestLimits
+from duotone_runtime import protocol
+
+MIN_PIXELS = 64
+"""Smallest width or height, the same floor as the API's pixel fields."""
+PIXEL_MULTIPLE = 8
+"""Widths and heights must be multiples of 8 (the VAE downsamples by 8)."""
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """One request's inputs as received; None for an input the client left out."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    num_images: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A request with defaults applied and every value within the tier's limits."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    seed: int
+    num_images: int
+
+    def image_seeds(self) -> tuple[int, ...]:
+        """Seed of each image: image j of a request with seed s is the image of seed s + j."""
+        return tuple((self.seed + j) % (MAX_SEED + 1) for j in range(self.num_images))
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """What is wrong with one field."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class RequestError(ValueError):
+    """A request that cannot be served; the message names every offending field."""
+
+    def __init__(self, problems: tuple[FieldProblem, ...]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Wire names of the offending fields, in input order."""
+        return tuple(p.field for p in self.problems)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _check_text(field: str, value: str, limit: int, *, required: bool) -> list[FieldProblem]:
+    if required and not value.strip():
+        return [FieldProblem(field, "must not be empty")]
+    if len(value) > limit:
+        return [
+            FieldProblem(
+                field,
+                f"{len(value)} characters exceeds the tier's limits.maxPromptLength {limit}",
+            )
+        ]
+    return []
+
+
+def _check_int(field: str, value: int, low: int, limit: int, limit_name: str) -> list[FieldProblem]:
+    if value < low:
+        return [FieldProblem(field, f"{value} must be at least {low}")]
+    if value > limit:
+        return [FieldProblem(field, f"{value} exceeds the tier's limits.{limit_name} {limit}")]
+    return []
+
+
+def _check_pixels(field: str, value: int, limit: int, limit_name: str) -> list[FieldProblem]:
+    if value % PIXEL_MULTIPLE != 0:
+        return [FieldProblem(field, f"{value} must be a multiple of {PIXEL_MULTIPLE}")]
+    return _check_int(field, value, MIN_PIXELS, limit, limit_name)
+
+
+def _check_seed(value: int) -> list[FieldProblem]:
+    if not 0 <= value <= MAX_SEED:
+        return [FieldProblem(protocol.SEED.field, f"{value} must be between 0 and 2^63-1")]
+    return []
+
+
+def _check_guidance(value: float, limit: float) -> list[FieldProblem]:
+    field = protocol.GUIDANCE_SCALE.field
+    if not math.isfinite(value):
+        return [FieldProblem(field, f"{value} must be a finite number")]
+    if value < 0:
+        return [FieldProblem(field, f"{_number(value)} must be at least 0")]
+    if value > limit:
+        return [
+            FieldProblem(
+                field,
+                f"{_number(value)} exceeds the tier's limits.maxGuidanceScale {_number(limit)}",
+            )
+        ]
+    return []
+
+
+def validate_request(
+    raw: RawRequest,
+    defaults: RequestDefaults,
+    limits: RequestLimits,
+    *,
+    seed_if_missing: int,
+) -> GenerationRequest:
+    """Apply the tier's defaults and check every field; raises RequestError naming the fields.
+
+    `seed_if_missing` is the seed of a request that names none (the caller draws it, so this
+    function stays pure).
+    """
+    steps = defaults.steps if raw.steps is None else raw.steps
+    guidance = defaults.guidance_scale if raw.guidance_scale is None else raw.guidance_scale
+    width = defaults.width if raw.width is None else raw.width
+    height = defaults.height if raw.height is None else raw.height
+    num_images = 1 if raw.num_images is None else raw.num_images
+    seed = seed_if_missing if raw.seed is None else raw.seed
+    negative = raw.negative_prompt or ""
+
+    problems = [
+        *_check_text(protocol.PROMPT.field, raw.prompt, limits.max_prompt_length, required=True),
+        *_check_text(
+            protocol.NEGATIVE_PROMPT.field, negative, limits.max_prompt_length, required=False
+        ),
+        *_check_int(protocol.STEPS.field, steps, 1, limits.max_steps, "maxSteps"),
+        *_check_guidance(guidance, limits.max_guidance_scale),
+        *_check_pixels(protocol.WIDTH.field, width, limits.max_width, "maxWidth"),
+        *_check_pixels(protocol.HEIGHT.field, height, limits.max_height, "maxHeight"),
+        *_check_seed(seed),
+        *_check_int(
+            protocol.NUM_IMAGES.field,
+            num_images,
+            1,
+            limits.max_images_per_request,
+            "maxImagesPerRequest",
+        ),
+    ]
+    if problems:
+        raise RequestError(tuple(problems))
+    return GenerationRequest(
+        prompt=raw.prompt,
+        negative_prompt=negative,
+        steps=steps,
+        guidance_scale=float(guidance),
+        width=width,
+        height=height,
+        seed=seed,
+        num_images=num_images,
+    )

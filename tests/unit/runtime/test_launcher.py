@@ -1,0 +1,132 @@
+"""The launcher's pure parts: server command, environment, repository and backend layout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from duotone_runtime.launcher import (
+    STUB,
+    ServeOptions,
+    TritonInstall,
+    TritonNotFoundError,
+    find_tritonserver,
+    prepare_backends,
+    python_version_tag,
+    server_command,
+    server_environment,
+    write_model_repository,
+)
+from duotone_runtime.settings import default_tier, parse_tier_document
+
+pytestmark = pytest.mark.unit
+
+OPTIONS = ServeOptions(
+    tier=default_tier("efficient", "builtin://tiny"),
+    device="cpu",
+    address="127.0.0.1",
+    http_port=18000,
+    grpc_port=18001,
+    metrics_port=18002,
+    exit_timeout_secs=25,
+)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        pytest.param("--model-repository=/repo", id="repository"),
+        pytest.param("--backend-directory=/backends", id="backend directory"),
+        pytest.param("--strict-readiness=true", id="ready means the model is loaded"),
+        pytest.param("--metrics-config=summary_latencies=true", id="latency quantiles"),
+        pytest.param("--exit-timeout-secs=25", id="graceful exit timeout"),
+        pytest.param("--http-port=18000", id="http port"),
+        pytest.param("--grpc-port=18001", id="grpc port"),
+        pytest.param("--metrics-port=18002", id="metrics port"),
+        pytest.param("--http-address=127.0.0.1", id="listen address"),
+        pytest.param("--allow-gpu-metrics=false", id="no GPU metrics on cpu"),
+    ],
+)
+def test_server_command_has(flag: str) -> None:
+    command = server_command(OPTIONS, Path("/bin/tritonserver"), Path("/repo"), Path("/backends"))
+    assert command[0] == "/bin/tritonserver"
+    assert flag in command
+
+
+def test_each_server_gets_its_own_shared_memory_prefix() -> None:
+    def prefix() -> str:
+        command = server_command(OPTIONS, Path("/t"), Path("/r"), Path("/b"))
+        return next(c for c in command if "shm-region-prefix-name" in c)
+
+    assert prefix() != prefix()
+
+
+def test_environment_puts_this_interpreter_first() -> None:
+    install = TritonInstall(Path("/t"), Path("/b"), "explicit", library_dirs=(Path("/libs"),))
+    env = server_environment(install, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/old"})
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    paths = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert paths[0] == "/libs"
+    assert paths[-1] == "/old"
+
+
+def test_repository_layout(tmp_path: Path) -> None:
+    model_dir = write_model_repository(OPTIONS, tmp_path)
+    assert model_dir == tmp_path / "duotone"
+    assert (model_dir / "1" / "model.py").read_text().count("class TritonPythonModel") == 1
+    config = (model_dir / "config.pbtxt").read_text()
+    assert "kind: KIND_CPU" in config
+    assert "max_batch_size: 16" in config
+
+
+def test_repository_carries_the_effective_tier(tmp_path: Path) -> None:
+    config = (write_model_repository(OPTIONS, tmp_path) / "config.pbtxt").read_text()
+    line = config.split('key: "tier"', 1)[1].split("string_value: ", 1)[1].split(" }", 1)[0]
+    tier_json = line[1:-1].replace('\\"', '"')
+    assert parse_tier_document(tier_json) == OPTIONS.tier
+
+
+def fake_wheel_layout(root: Path, with_stub: bool) -> TritonInstall:
+    (root / "backends" / "python").mkdir(parents=True)
+    (root / "backends" / "python" / "libtriton_python.so").write_bytes(b"so")
+    stubs = root / "python_backend_stubs" / python_version_tag()
+    stubs.mkdir(parents=True)
+    (stubs / STUB).write_bytes(b"stub")
+    if with_stub:
+        (root / "backends" / "python" / STUB).write_bytes(b"in place")
+    return TritonInstall(
+        root / "bin" / "tritonserver", root / "backends", "test", stubs=stubs.parent
+    )
+
+
+def test_wheel_backend_is_copied_with_the_stub_of_this_python(tmp_path: Path) -> None:
+    install = fake_wheel_layout(tmp_path / "wheel", with_stub=False)
+    backends = prepare_backends(install, tmp_path / "work")
+    assert (backends / "python" / STUB).read_bytes() == b"stub"
+    assert (backends / "python" / "libtriton_python.so").read_bytes() == b"so"
+
+
+def test_container_backend_is_used_in_place(tmp_path: Path) -> None:
+    install = fake_wheel_layout(tmp_path / "container", with_stub=True)
+    assert prepare_backends(install, tmp_path / "work") == install.backends
+
+
+def test_explicit_binary_must_be_executable(tmp_path: Path) -> None:
+    with pytest.raises(TritonNotFoundError, match="not an executable file"):
+        find_tritonserver(tmp_path / "missing")
+
+
+def test_importing_the_runtime_loads_no_heavy_stack() -> None:
+    """The launcher and the pure core must not pull torch, diffusers or Triton clients."""
+    modules = "duotone_runtime, duotone_runtime.cli, duotone_runtime.launcher"
+    heavy = ("torch", "diffusers", "transformers", "tritonclient", "numpy")
+    probe = (
+        f"import sys, {modules}, duotone_runtime.validation, duotone_runtime.batching; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == ""
