@@ -18,34 +18,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from duotone_runtime import protocol
+from duotone_runtime.validation import RawRequest
 
-
-@dataclass(frozen=True)
-class ImageRequest:
-    """One request as a client sends it; None leaves the input out (the tier default)."""
-
-    prompt: str
-    negative_prompt: str | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    width: int | None = None
-    height: int | None = None
-    seed: int | None = None
-    num_images: int | None = None
-
-    def values(self) -> dict[protocol.InputSpec, Any]:
-        """Input -> value for every input this request sets."""
-        given = {
-            protocol.PROMPT: self.prompt,
-            protocol.NEGATIVE_PROMPT: self.negative_prompt,
-            protocol.STEPS: self.steps,
-            protocol.GUIDANCE_SCALE: self.guidance_scale,
-            protocol.WIDTH: self.width,
-            protocol.HEIGHT: self.height,
-            protocol.SEED: self.seed,
-            protocol.NUM_IMAGES: self.num_images,
-        }
-        return {spec: value for spec, value in given.items() if value is not None}
+ImageRequest = RawRequest
+"""A request as a client sends it: the same record the model validates (None: tier default)."""
 
 
 def _array(spec: protocol.InputSpec, value: Any) -> Any:

@@ -113,23 +113,20 @@ class LocalServer:
             )
         return self.is_ready()
 
-    def is_ready(self) -> bool:
-        """Whether /v2/health/ready answers 200 (strict readiness: the model is loaded)."""
-        url = f"http://{self.http_url}/v2/health/ready"
+    def _answers_ok(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
+    def is_ready(self) -> bool:
+        """Whether /v2/health/ready answers 200 (strict readiness: the model is loaded)."""
+        return self._answers_ok("/v2/health/ready")
+
     def model_is_ready(self) -> bool:
-        """Whether the model itself accepts requests (/v2/models/<name>/ready answers 200)."""
-        url = f"http://{self.http_url}/v2/models/{protocol.DEFAULT_MODEL_NAME}/ready"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        """Whether the model itself reports ready (/v2/models/<name>/ready answers 200)."""
+        return self._answers_ok(f"/v2/models/{protocol.DEFAULT_MODEL_NAME}/ready")
 
     def metrics(self) -> list[Sample]:
         return scrape_metrics(self.metrics_url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from duotone_operator.api.v1alpha1 import RequestDefaults, RequestLimits
 from duotone_runtime import protocol
@@ -32,6 +33,20 @@ class RawRequest:
     height: int | None = None
     seed: int | None = None
     num_images: int | None = None
+
+    def values(self) -> dict[protocol.InputSpec, Any]:
+        """Input -> value for every input this request sets (what a client sends)."""
+        given = {
+            protocol.PROMPT: self.prompt,
+            protocol.NEGATIVE_PROMPT: self.negative_prompt,
+            protocol.STEPS: self.steps,
+            protocol.GUIDANCE_SCALE: self.guidance_scale,
+            protocol.WIDTH: self.width,
+            protocol.HEIGHT: self.height,
+            protocol.SEED: self.seed,
+            protocol.NUM_IMAGES: self.num_images,
+        }
+        return {spec: value for spec, value in given.items() if value is not None}
 
 
 @dataclass(frozen=True)

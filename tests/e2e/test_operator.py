@@ -223,12 +223,19 @@ def _tiny(name: str) -> dict[str, Any]:
     return manifest
 
 
-def test_changing_one_tier_rolls_only_that_tier(
-    cluster: Cluster, namespace: str, run_operator: Any
-) -> None:
-    operator = run_operator(namespace)
+@pytest.fixture
+def tiny_ready(cluster: Cluster, namespace: str, run_operator: Any) -> OperatorProcess:
+    """An operator watching the test's namespace, and the CPU-only IMD `sd` Ready under it."""
+    operator: OperatorProcess = run_operator(namespace)
     _create_imd(cluster, namespace, _tiny("sd"))
     wait_ready(cluster, namespace, "sd", operator)
+    return operator
+
+
+def test_changing_one_tier_rolls_only_that_tier(
+    cluster: Cluster, namespace: str, tiny_ready: OperatorProcess
+) -> None:
+    operator = tiny_ready
     before = {
         t: _deployment_generation(cluster, namespace, f"sd-{t}") for t in ("efficient", "flagship")
     }
@@ -260,11 +267,9 @@ def test_changing_one_tier_rolls_only_that_tier(
 
 
 def test_removing_a_tier_deletes_its_children_and_adding_it_back_restores_them(
-    cluster: Cluster, namespace: str, run_operator: Any
+    cluster: Cluster, namespace: str, tiny_ready: OperatorProcess
 ) -> None:
-    operator = run_operator(namespace)
-    _create_imd(cluster, namespace, _tiny("sd"))
-    wait_ready(cluster, namespace, "sd", operator)
+    operator = tiny_ready
     flagship = {
         ("Deployment", "sd-flagship"),
         ("Service", "sd-flagship"),
@@ -302,11 +307,9 @@ def test_removing_a_tier_deletes_its_children_and_adding_it_back_restores_them(
 
 
 def test_kubectl_scale_survives_the_next_reconcile(
-    cluster: Cluster, namespace: str, run_operator: Any
+    cluster: Cluster, namespace: str, tiny_ready: OperatorProcess
 ) -> None:
-    operator = run_operator(namespace)
-    _create_imd(cluster, namespace, _tiny("sd"))
-    wait_ready(cluster, namespace, "sd", operator)
+    operator = tiny_ready
     cluster.kubectl(
         "scale", "deployment", "sd-efficient", "--replicas=2", f"--namespace={namespace}"
     )
@@ -332,11 +335,9 @@ def test_kubectl_scale_survives_the_next_reconcile(
 
 
 def test_health_and_metrics_endpoints_report_a_live_watch(
-    cluster: Cluster, namespace: str, run_operator: Any
+    cluster: Cluster, namespace: str, tiny_ready: OperatorProcess
 ) -> None:
-    operator = run_operator(namespace)
-    _create_imd(cluster, namespace, _tiny("sd"))
-    wait_ready(cluster, namespace, "sd", operator)
+    operator = tiny_ready
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz") as health:
         assert health.status == 200
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics") as metrics:
@@ -345,12 +346,8 @@ def test_health_and_metrics_endpoints_report_a_live_watch(
     assert "duotone_operator_watch_stale_objects 0.0" in text
 
 
-def test_deleting_the_imd_garbage_collects_every_child(
-    cluster: Cluster, namespace: str, run_operator: Any
-) -> None:
-    operator = run_operator(namespace)
-    _create_imd(cluster, namespace, _tiny("sd"))
-    wait_ready(cluster, namespace, "sd", operator)
+@pytest.mark.usefixtures("tiny_ready")
+def test_deleting_the_imd_garbage_collects_every_child(cluster: Cluster, namespace: str) -> None:
     assert len(_children(cluster, namespace, "sd")) == 13
 
     cluster.kubectl("delete", "imd", "sd", f"--namespace={namespace}")

@@ -38,6 +38,9 @@ def one_batch_after_busy(
     """
     executions = server.metric("nv_inference_exec_count")
     inferences = server.metric("nv_inference_count")
+    before_requests = server.metric("nv_inference_request_success") + server.metric(
+        "nv_inference_request_failure"
+    )
     started = server.metric("duotone_execute_batch_requests_count")
     busy: list[Any] = []
     worker = threading.Thread(target=lambda: busy.append(send_grpc(server, BUSY)))
@@ -50,6 +53,17 @@ def one_batch_after_busy(
     results = concurrently(server, requests)
     worker.join()
     assert not isinstance(busy[0], Exception), busy[0]
+    # Triton updates its statistics when a request is released, just after its response:
+    # wait until they include every request sent, then read them.
+    wait_until(
+        lambda: (
+            server.metric("nv_inference_request_success")
+            + server.metric("nv_inference_request_failure")
+            >= before_requests + 1 + len(requests)
+        ),
+        10,
+        "Triton's statistics to include every request",
+    )
     return (
         results,
         server.metric("nv_inference_exec_count") - executions,
