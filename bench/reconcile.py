@@ -26,7 +26,7 @@ from kubernetes import client as k8s
 from duotone_operator.api import parse_imd
 from duotone_operator.cluster import Cluster, client_configuration
 from duotone_operator.render.children import render_children
-from duotone_operator.render.tier import RenderSettings
+from duotone_operator.render.objects import RenderSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILDREN_PER_IMD = 13

@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from duotone_operator import handlers, metrics
 from duotone_operator.cluster import Cluster, client_configuration
 from duotone_operator.health import WatchFreshness
-from duotone_operator.render.tier import RenderSettings
+from duotone_operator.render.objects import RenderSettings
 
 log = logging.getLogger("duotone.operator")
 

@@ -33,9 +33,9 @@ from duotone_operator.health import WatchFreshness
 from duotone_operator.policy.backoff import retry_delay
 from duotone_operator.render import names
 from duotone_operator.render.children import render_children
+from duotone_operator.render.objects import RenderSettings
 from duotone_operator.render.references import problems, required_references
 from duotone_operator.render.status import DeploymentObservation, Problem, compute_status
-from duotone_operator.render.tier import RenderSettings
 
 Manifest = dict[str, Any]
 log = logging.getLogger("duotone.operator")

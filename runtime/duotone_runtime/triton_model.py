@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from duotone_operator.api.validation import FieldError
 from duotone_runtime import protocol
 from duotone_runtime.batching import ShapeKey, plan_pipeline_calls
 from duotone_runtime.execution import STAGES, PipelineRunner
@@ -26,7 +27,6 @@ from duotone_runtime.loading import load_pipeline, resolve_source
 from duotone_runtime.settings import parse_tier_document
 from duotone_runtime.validation import (
     MAX_SEED,
-    FieldProblem,
     GenerationRequest,
     RawRequest,
     RequestError,
@@ -105,7 +105,7 @@ def _single(request: Any, spec: protocol.InputSpec) -> Any:
     values = tensor.as_numpy().reshape(-1)
     if values.size != 1:
         raise RequestError(
-            (FieldProblem(spec.field, f"expected one value per request, got {values.size}"),)
+            (FieldError(spec.field, f"expected one value per request, got {values.size}"),)
         )
     value = values[0]
     if spec.data_type == "TYPE_STRING":
@@ -113,7 +113,7 @@ def _single(request: Any, spec: protocol.InputSpec) -> Any:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise RequestError((FieldProblem(spec.field, "is not valid UTF-8"),)) from error
+            raise RequestError((FieldError(spec.field, "is not valid UTF-8"),)) from error
     if spec.data_type == "TYPE_FP32":
         return float(value)
     return int(value)

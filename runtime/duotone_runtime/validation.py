@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from duotone_operator.api.v1alpha1 import RequestDefaults, RequestLimits
+from duotone_operator.api.validation import FieldError
 from duotone_runtime import protocol
 
 MIN_PIXELS = 64
@@ -67,21 +68,10 @@ class GenerationRequest:
         return tuple((self.seed + j) % (MAX_SEED + 1) for j in range(self.num_images))
 
 
-@dataclass(frozen=True)
-class FieldProblem:
-    """What is wrong with one field."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
-
-
 class RequestError(ValueError):
     """A request that cannot be served; the message names every offending field."""
 
-    def __init__(self, problems: tuple[FieldProblem, ...]) -> None:
+    def __init__(self, problems: tuple[FieldError, ...]) -> None:
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
 
@@ -95,12 +85,12 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _check_text(field: str, value: str, limit: int, *, required: bool) -> list[FieldProblem]:
+def _check_text(field: str, value: str, limit: int, *, required: bool) -> list[FieldError]:
     if required and not value.strip():
-        return [FieldProblem(field, "must not be empty")]
+        return [FieldError(field, "must not be empty")]
     if len(value) > limit:
         return [
-            FieldProblem(
+            FieldError(
                 field,
                 f"{len(value)} characters exceeds the tier's limits.maxPromptLength {limit}",
             )
@@ -108,35 +98,35 @@ def _check_text(field: str, value: str, limit: int, *, required: bool) -> list[F
     return []
 
 
-def _check_int(field: str, value: int, low: int, limit: int, limit_name: str) -> list[FieldProblem]:
+def _check_int(field: str, value: int, low: int, limit: int, limit_name: str) -> list[FieldError]:
     if value < low:
-        return [FieldProblem(field, f"{value} must be at least {low}")]
+        return [FieldError(field, f"{value} must be at least {low}")]
     if value > limit:
-        return [FieldProblem(field, f"{value} exceeds the tier's limits.{limit_name} {limit}")]
+        return [FieldError(field, f"{value} exceeds the tier's limits.{limit_name} {limit}")]
     return []
 
 
-def _check_pixels(field: str, value: int, limit: int, limit_name: str) -> list[FieldProblem]:
+def _check_pixels(field: str, value: int, limit: int, limit_name: str) -> list[FieldError]:
     if value % PIXEL_MULTIPLE != 0:
-        return [FieldProblem(field, f"{value} must be a multiple of {PIXEL_MULTIPLE}")]
+        return [FieldError(field, f"{value} must be a multiple of {PIXEL_MULTIPLE}")]
     return _check_int(field, value, MIN_PIXELS, limit, limit_name)
 
 
-def _check_seed(value: int) -> list[FieldProblem]:
+def _check_seed(value: int) -> list[FieldError]:
     if not 0 <= value <= MAX_SEED:
-        return [FieldProblem(protocol.SEED.field, f"{value} must be between 0 and 2^63-1")]
+        return [FieldError(protocol.SEED.field, f"{value} must be between 0 and 2^63-1")]
     return []
 
 
-def _check_guidance(value: float, limit: float) -> list[FieldProblem]:
+def _check_guidance(value: float, limit: float) -> list[FieldError]:
     field = protocol.GUIDANCE_SCALE.field
     if not math.isfinite(value):
-        return [FieldProblem(field, f"{value} must be a finite number")]
+        return [FieldError(field, f"{value} must be a finite number")]
     if value < 0:
-        return [FieldProblem(field, f"{_number(value)} must be at least 0")]
+        return [FieldError(field, f"{_number(value)} must be at least 0")]
     if value > limit:
         return [
-            FieldProblem(
+            FieldError(
                 field,
                 f"{_number(value)} exceeds the tier's limits.maxGuidanceScale {_number(limit)}",
             )

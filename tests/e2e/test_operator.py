@@ -12,7 +12,7 @@ import pytest
 from duotone_operator.api import parse_imd
 from duotone_operator.render import names
 from duotone_operator.render.children import render_children
-from duotone_operator.render.tier import RenderSettings
+from duotone_operator.render.objects import RenderSettings
 from tests.support.builders import imd
 from tests.support.cluster import Cluster, wait_for
 from tests.support.manifests import load_examples

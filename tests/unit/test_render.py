@@ -15,7 +15,7 @@ import yaml
 from duotone_operator.api import ImageModelDeployment, parse_imd
 from duotone_operator.render import names
 from duotone_operator.render.children import render_children
-from duotone_operator.render.tier import RenderSettings
+from duotone_operator.render.objects import RenderSettings
 from tests.support.builders import imd
 from tests.support.manifests import ROOT, load_examples
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName
+from duotone_operator.render.objects import Manifest, RenderSettings
 from duotone_operator.render.router import (
     render_router_config_map,
     render_router_deployment,
@@ -10,8 +11,6 @@ from duotone_operator.render.router import (
     render_service_accounts,
 )
 from duotone_operator.render.tier import (
-    Manifest,
-    RenderSettings,
     render_tier_config_map,
     render_tier_deployment,
     render_tier_pdb,

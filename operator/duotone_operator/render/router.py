@@ -7,11 +7,11 @@ from typing import Any
 
 from duotone_operator.api.v1alpha1 import ImageModelDeployment
 from duotone_operator.render import names
-from duotone_operator.render.tier import (
+from duotone_operator.render.objects import (
     CONFIG_MOUNT,
     Manifest,
     RenderSettings,
-    _metadata,
+    object_metadata,
     restricted_container_security,
     restricted_pod_security,
 )
@@ -62,7 +62,7 @@ def render_router_config_map(imd: ImageModelDeployment) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(imd, names.router_config_name(name), names.router_labels(name)),
+        "metadata": object_metadata(imd, names.router_config_name(name), names.router_labels(name)),
         "data": {ROUTER_CONFIG_FILE: table},
     }
 
@@ -109,7 +109,7 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(imd, names.router_name(name), names.router_labels(name)),
+        "metadata": object_metadata(imd, names.router_name(name), names.router_labels(name)),
         "spec": {
             "replicas": router.replicas,
             "selector": {"matchLabels": names.router_selector(name)},
@@ -138,7 +138,7 @@ def render_router_service(imd: ImageModelDeployment) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(imd, names.router_name(name), names.router_labels(name)),
+        "metadata": object_metadata(imd, names.router_name(name), names.router_labels(name)),
         "spec": {
             "type": "ClusterIP",
             "selector": names.router_selector(name),
@@ -156,12 +156,12 @@ def render_service_accounts(imd: ImageModelDeployment) -> list[Manifest]:
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _metadata(imd, names.router_name(name), names.router_labels(name)),
+            "metadata": object_metadata(imd, names.router_name(name), names.router_labels(name)),
         },
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _metadata(
+            "metadata": object_metadata(
                 imd, names.runtime_service_account(name), names.instance_labels(name)
             ),
             "automountServiceAccountToken": False,

@@ -4,67 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
 
 from duotone_operator.api.sources import parse_model_source
 from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName, TierSpec
 from duotone_operator.render import names
+from duotone_operator.render.objects import (
+    CONFIG_MOUNT,
+    Manifest,
+    RenderSettings,
+    object_metadata,
+    restricted_container_security,
+    restricted_pod_security,
+)
 
-CONFIG_MOUNT = "/etc/duotone"
 TIER_CONFIG_FILE = "tier.json"
 MODEL_MOUNT = "/models"
 HF_CACHE_MOUNT = "/models/hf-cache"
 HF_TOKEN_MOUNT = "/var/run/secrets/duotone/hf"
-RUNTIME_UID = 10001
-"""The runtime image's non-root user (runtime/Dockerfile)."""
-
-Manifest = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RenderSettings:
-    """Operator-wide choices that are not in the IMD."""
-
-    exit_timeout_seconds: int = 30
-    """Triton waits this long for in-flight requests after SIGTERM."""
-    pre_stop_seconds: int = 10
-    """Pause before SIGTERM so Services stop routing to a terminating pod first."""
-    shm_size: str = "1Gi"
-    """Shared memory of the Triton Python backend (requests and responses pass through it)."""
-    router_image: str | None = None
-    """Router image when the IMD names none; None means the runtime image."""
-
-    @property
-    def termination_grace_seconds(self) -> int:
-        """Above pre-stop pause plus exit timeout, so Triton always exits on its own first."""
-        return self.pre_stop_seconds + self.exit_timeout_seconds + 15
-
-
-def owner_reference(imd: ImageModelDeployment) -> Manifest:
-    """The ownerReference every child carries, so deleting the IMD deletes them."""
-    if imd.metadata.uid is None:
-        raise ValueError("an IMD without metadata.uid cannot own children")
-    return {
-        "apiVersion": imd.api_version,
-        "kind": imd.kind,
-        "name": imd.metadata.name,
-        "uid": imd.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _metadata(
-    imd: ImageModelDeployment, name: str, labels: dict[str, str], **extra: Any
-) -> Manifest:
-    return {
-        "name": name,
-        "namespace": imd.metadata.namespace,
-        "labels": labels,
-        "ownerReferences": [owner_reference(imd)],
-        **extra,
-    }
 
 
 def tier_config(tier: TierName, spec: TierSpec) -> dict[str, str]:
@@ -84,7 +40,7 @@ def render_tier_config_map(imd: ImageModelDeployment, tier: TierName, spec: Tier
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(
+        "metadata": object_metadata(
             imd, names.tier_config_name(name, tier), names.tier_labels(name, tier)
         ),
         "data": tier_config(tier, spec),
@@ -190,27 +146,6 @@ def _http_probe(path: str, period: int, failures: int) -> Manifest:
     }
 
 
-def restricted_container_security() -> Manifest:
-    """Pod Security Standard "restricted", plus a read-only root filesystem."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def restricted_pod_security() -> Manifest:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUNTIME_UID,
-        "runAsGroup": RUNTIME_UID,
-        "fsGroup": RUNTIME_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def render_tier_deployment(
     imd: ImageModelDeployment,
     tier: TierName,
@@ -301,7 +236,9 @@ def render_tier_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(imd, names.tier_name(name, tier), names.tier_labels(name, tier)),
+        "metadata": object_metadata(
+            imd, names.tier_name(name, tier), names.tier_labels(name, tier)
+        ),
         "spec": deployment_spec,
     }
 
@@ -313,7 +250,9 @@ def render_tier_service(imd: ImageModelDeployment, tier: TierName) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(imd, names.tier_name(name, tier), names.tier_labels(name, tier)),
+        "metadata": object_metadata(
+            imd, names.tier_name(name, tier), names.tier_labels(name, tier)
+        ),
         "spec": {
             "type": "ClusterIP",
             "clusterIP": "None",
@@ -338,7 +277,9 @@ def render_tier_pdb(imd: ImageModelDeployment, tier: TierName) -> Manifest:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(imd, names.tier_name(name, tier), names.tier_labels(name, tier)),
+        "metadata": object_metadata(
+            imd, names.tier_name(name, tier), names.tier_labels(name, tier)
+        ),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": names.tier_selector(name, tier)},
