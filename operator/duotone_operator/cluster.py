@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from duotone_operator.api.v1alpha1 import API_VERSION, KIND
+from duotone_operator.api.v1alpha1 import API_VERSION, KIND, TIER_NAMES, TierName
 from duotone_operator.render import names
 from duotone_operator.render.children import CHILD_KINDS
 from duotone_operator.render.references import References
@@ -66,13 +66,25 @@ def is_transient(error: ApiException) -> bool:
     return error.status in TRANSIENT_STATUSES
 
 
-def owns_replicas(deployment: Manifest, manager: str) -> bool:
-    """Whether `manager` is among the field managers of spec.replicas."""
-    for entry in deployment.get("metadata", {}).get("managedFields") or []:
-        fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
-        if entry.get("manager") == manager and "f:replicas" in fields:
-            return True
-    return False
+def replicas_managers(deployment: Manifest) -> set[str]:
+    """The field managers that own spec.replicas."""
+    return {
+        entry.get("manager", "")
+        for entry in deployment.get("metadata", {}).get("managedFields") or []
+        if "f:replicas" in (((entry.get("fieldsV1") or {}).get("f:spec")) or {})
+    }
+
+
+def tier_observations(
+    children: Mapping[ChildKey, Manifest],
+) -> dict[TierName, DeploymentObservation]:
+    """Observations of the tier Deployments among an IMD's children, by tier."""
+    found: dict[TierName, DeploymentObservation] = {}
+    for (kind, _), child in children.items():
+        tier = child["metadata"].get("labels", {}).get(names.TIER_LABEL)
+        if kind == "Deployment" and tier in TIER_NAMES:
+            found[tier] = observe_deployment(child)
+    return found
 
 
 def observe_deployment(deployment: Manifest) -> DeploymentObservation:
@@ -165,17 +177,6 @@ class Cluster:
             ("Deployment", item["metadata"]["name"]): item
             for item in listed.to_dict().get("items", [])
         }
-
-    def tier_deployments(
-        self, children: dict[ChildKey, Manifest]
-    ) -> dict[str, DeploymentObservation]:
-        """Observations of the tier Deployments among `children`, by tier name."""
-        found = {}
-        for (kind, _), child in children.items():
-            tier = child["metadata"].get("labels", {}).get(names.TIER_LABEL)
-            if kind == "Deployment" and tier:
-                found[tier] = observe_deployment(child)
-        return found
 
     # ------------------------------------------------------------------ lookups
 

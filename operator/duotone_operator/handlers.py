@@ -27,7 +27,8 @@ from duotone_operator.cluster import (
     connection_info,
     is_transient,
     observe_deployment,
-    owns_replicas,
+    replicas_managers,
+    tier_observations,
 )
 from duotone_operator.health import WatchFreshness
 from duotone_operator.policy.backoff import retry_delay
@@ -35,7 +36,12 @@ from duotone_operator.render import names
 from duotone_operator.render.children import render_children
 from duotone_operator.render.objects import RenderSettings
 from duotone_operator.render.references import problems, required_references
-from duotone_operator.render.status import DeploymentObservation, Problem, compute_status
+from duotone_operator.render.status import (
+    DeploymentObservation,
+    Problem,
+    compute_status,
+    condition,
+)
 
 Manifest = dict[str, Any]
 log = logging.getLogger("duotone.operator")
@@ -100,7 +106,7 @@ def _refresh_status(
     router = children.get(("Deployment", names.router_name(imd.metadata.name)))
     return compute_status(
         imd,
-        tiers=context.cluster.tier_deployments(children),  # type: ignore[arg-type]
+        tiers=tier_observations(children),
         router=observe_deployment(router) if router else None,
         problems=found_problems,
         previous=body.get("status"),
@@ -146,14 +152,15 @@ def _reconcile(
         # Admission should have refused it (an older CRD?): say so once, do not retry.
         message = str(exc)
         patch.status["conditions"] = [
-            {
-                "type": "Ready",
-                "status": "False",
-                "reason": "InvalidSpec",
-                "message": message,
-                "observedGeneration": body["metadata"].get("generation"),
-                "lastTransitionTime": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
+            condition(
+                "Ready",
+                status=False,
+                reason="InvalidSpec",
+                message=message,
+                generation=body["metadata"].get("generation"),
+                previous={},
+                now=_now(),
+            )
         ]
         context.cluster.post_event(body, "Warning", "InvalidSpec", message)
         raise kopf.PermanentError(message) from exc
@@ -276,13 +283,7 @@ def _hand_replicas_to_autoscaler(cluster: Cluster, deployment: Manifest) -> None
     autoscaler's field manager co-owns it from the start (idempotent: a crash in between is
     repaired on the next reconcile). `kubectl scale` or the autoscaler then change it freely.
     """
-    others = [
-        entry.get("manager")
-        for entry in deployment["metadata"].get("managedFields") or []
-        if entry.get("manager") != names.FIELD_MANAGER
-        and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
-    ]
-    if others or owns_replicas(deployment, names.SCALE_FIELD_MANAGER):
+    if replicas_managers(deployment) - {names.FIELD_MANAGER}:
         return
     cluster.apply(
         {

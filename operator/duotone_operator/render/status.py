@@ -56,7 +56,7 @@ class Problem:
     message: str
 
 
-def _condition(
+def condition(
     kind: str,
     *,
     status: bool,
@@ -66,6 +66,7 @@ def _condition(
     previous: Mapping[str, Mapping[str, Any]],
     now: datetime,
 ) -> dict[str, Any]:
+    """One condition; its transition time moves only when its status changes."""
     value = "True" if status else "False"
     before = previous.get(kind, {})
     changed = before.get("status") != value
@@ -176,7 +177,7 @@ def compute_status(
             degraded = (False, "AsExpected", "no known problem")
 
     conditions = [
-        _condition(
+        condition(
             kind,
             status=values[0],
             reason=values[1],
