@@ -17,7 +17,7 @@ help: ## List the targets
 $(INSTALLED): pyproject.toml
 	@echo "==> creating $(VENV); installing duotone with its dev tools and the runtime (torch, ~3 GB the first time)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime,router]'
 	@touch $@
 
 install: $(INSTALLED) ## Create .venv with the project, its dev tools and the runtime stack
@@ -29,7 +29,7 @@ verify: install ## Lint, format, strict types, import layers, generated files un
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy operator/duotone_operator runtime/duotone_runtime hack/gen-crd.py tests/support \
-	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py
+	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py bench/router.py hack/demo.py
 	$(VENV)/bin/lint-imports
 	$(PY) hack/gen-crd.py --check
 
@@ -48,9 +48,8 @@ cluster-up: binaries ## Start a local control plane with fake GPU nodes (127.0.0
 cluster-down: ## Stop the local control plane and remove its state
 	hack/cluster-down.sh
 
-demo: ## The main job; arrives with the router (see README)
-	@echo "make demo is not available yet: it arrives with the router, which serves two CPU tiers behind one endpoint." >&2
-	@exit 1
+demo: install ## The main job: two CPU tiers behind the router, a request mix, PNGs and a table
+	$(PY) hack/demo.py
 
 bench: install ## Run the benchmarks in bench/ (figures go to docs/benchmarks.md)
 	@shopt -s nullglob; scripts=(bench/*.py bench/*.sh); \

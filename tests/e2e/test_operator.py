@@ -109,6 +109,8 @@ def _children(cluster: Cluster, namespace: str, name: str) -> dict[tuple[str, st
     found = {}
     for kind in (
         "serviceaccounts",
+        "roles.rbac.authorization.k8s.io",
+        "rolebindings.rbac.authorization.k8s.io",
         "configmaps",
         "services",
         "poddisruptionbudgets",
@@ -205,6 +207,24 @@ def test_example_reconciles_to_ready_with_every_child(
         "events", f"--namespace={namespace}", f"--field-selector=involvedObject.name={name}"
     )["items"]
     assert "Created" in {e["reason"] for e in events}
+    # The router's ServiceAccount may watch its tiers' EndpointSlices and do nothing else.
+    router = f"system:serviceaccount:{namespace}:{names.router_name(name)}"
+    for verb, resource, allowed in [
+        ("watch", "endpointslices.discovery.k8s.io", "yes"),
+        ("list", "endpointslices.discovery.k8s.io", "yes"),
+        ("get", "secrets", "no"),
+        ("list", "pods", "no"),
+    ]:
+        answer = cluster.kubectl(
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            f"--namespace={namespace}",
+            f"--as={router}",
+            check=False,
+        ).stdout.strip()
+        assert answer == allowed, (verb, resource, answer)
 
 
 def _tiny(name: str) -> dict[str, Any]:

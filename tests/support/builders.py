@@ -67,6 +67,14 @@ class IMDBuilder:
         self._spec.setdefault("traffic", {}).update(fields)
         return self
 
+    def resources(self, **fields: Any) -> Self:
+        self._current().setdefault("resources", {}).update(fields)
+        return self
+
+    def router(self, **fields: Any) -> Self:
+        self._spec.setdefault("router", {}).update(fields)
+        return self
+
     def autoscaling(self, **fields: Any) -> Self:
         self._spec.setdefault("autoscaling", {}).update(fields)
         return self

@@ -53,6 +53,8 @@ def test_two_tier_children_are_complete_and_owned() -> None:
         [
             ("ServiceAccount", "sd-router"),
             ("ServiceAccount", "sd-runtime"),
+            ("Role", "sd-router"),
+            ("RoleBinding", "sd-router"),
             ("ConfigMap", "sd-efficient-config"),
             ("ConfigMap", "sd-flagship-config"),
             ("ConfigMap", "sd-router-config"),
@@ -230,3 +232,22 @@ def test_router_config_carries_split_limits_and_deadlines() -> None:
     assert table["tiers"]["efficient"]["host"] == "sd-efficient.images.svc"
     assert table["tiers"]["flagship"]["requestTimeoutMs"] == 120000
     assert table["apiKeysPath"] is None
+
+
+def test_router_may_only_read_endpointslices_of_its_namespace() -> None:
+    children = _by_kind_name(
+        render_children(_deployed(imd("sd").tier("efficient").build()), SETTINGS)
+    )
+    role = children[("Role", "sd-router")]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    binding = children[("RoleBinding", "sd-router")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sd-router", "namespace": "images"}
+    ]
+    assert binding["roleRef"]["name"] == "sd-router"

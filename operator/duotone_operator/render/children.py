@@ -7,6 +7,7 @@ from duotone_operator.render.objects import Manifest, RenderSettings
 from duotone_operator.render.router import (
     render_router_config_map,
     render_router_deployment,
+    render_router_rbac,
     render_router_service,
     render_service_accounts,
 )
@@ -19,6 +20,8 @@ from duotone_operator.render.tier import (
 
 CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("v1", "ConfigMap"),
     ("v1", "Service"),
     ("policy/v1", "PodDisruptionBudget"),
@@ -35,7 +38,7 @@ def render_children(
 ) -> list[Manifest]:
     """All desired children. Tier Deployments not in `existing_tier_deployments` are rendered
     with `replicas: min` (their creation); the others without replicas (the autoscaler's)."""
-    children: list[Manifest] = [*render_service_accounts(imd)]
+    children: list[Manifest] = [*render_service_accounts(imd), *render_router_rbac(imd)]
     for tier, spec in imd.spec.tiers.present().items():
         replicas = None if tier in existing_tier_deployments else spec.replicas.minimum
         children += [

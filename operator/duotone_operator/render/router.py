@@ -167,3 +167,33 @@ def render_service_accounts(imd: ImageModelDeployment) -> list[Manifest]:
             "automountServiceAccountToken": False,
         },
     ]
+
+
+def render_router_rbac(imd: ImageModelDeployment) -> list[Manifest]:
+    """The router reads its tiers' EndpointSlices, in its own namespace, and nothing else."""
+    name = imd.metadata.name
+    router = names.router_name(name)
+    labels = names.router_labels(name)
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": object_metadata(imd, router, labels),
+            "rules": [
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": object_metadata(imd, router, labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": router},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": router, "namespace": imd.metadata.namespace}
+            ],
+        },
+    ]

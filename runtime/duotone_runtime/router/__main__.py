@@ -1,0 +1,3 @@
+from duotone_runtime.router.cli import main
+
+raise SystemExit(main())

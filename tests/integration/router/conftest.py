@@ -1,0 +1,167 @@
+"""Real runtime processes (tritonserver on CPU serving builtin://tiny) behind a real router.
+
+The stacks are rendered from an ImageModelDeployment exactly as the operator renders its
+ConfigMaps; only discovery differs (a backends file instead of EndpointSlices). Every wait
+polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from duotone_operator.api.validation import parse_imd
+from duotone_runtime import local
+from duotone_runtime.client import metric_sum, scrape_metrics
+from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
+from duotone_runtime.router.local import LocalStack
+from tests.support.builders import IMDBuilder, imd
+
+
+def tiny_imd(name: str = "ab") -> IMDBuilder:
+    """Two CPU tiers of the tiny pipeline: a quick efficient one and a flagship whose queue
+    holds one request (easy to saturate). SLOs are loose so that CPU noise never overflows."""
+    return (
+        imd(name)
+        .tier("efficient")
+        .resources(gpus=0, cpu="1", memory="2Gi")
+        .defaults(steps=1, guidanceScale=0.0, width=64, height=64)
+        .limits(maxSteps=8, maxWidth=256, maxHeight=256, maxImagesPerRequest=2)
+        .batching(maxBatchSize=16, maxQueueDelayMs=5, maxQueueSize=64, requestTimeoutMs=30000)
+        .slo(p50_ms=60000)
+        .tier("flagship")
+        .resources(gpus=0, cpu="1", memory="2Gi")
+        .defaults(steps=2, guidanceScale=0.0, width=64, height=64)
+        .limits(maxSteps=16, maxWidth=256, maxHeight=256, maxImagesPerRequest=2)
+        .batching(maxBatchSize=1, maxQueueDelayMs=0, maxQueueSize=1, requestTimeoutMs=30000)
+        .slo(p50_ms=60000)
+        .traffic(efficientPercent=80)
+        .router(rateLimit={"requestsPerMinutePerKey": 60, "burst": 2})
+    )
+
+
+def start_stack(
+    workdir: Path, builder: IMDBuilder, pods: dict[str, int] | None = None
+) -> LocalStack:
+    try:
+        find_tritonserver(None)
+    except TritonNotFoundError as error:
+        pytest.fail(f"the runtime tests need tritonserver: {error}")
+    manifest = builder.build()
+    manifest["metadata"]["namespace"] = "local"
+    stack = LocalStack.from_imd(
+        parse_imd(manifest),
+        workdir,
+        pods=pods,
+        router_args=["--seed=20261122"],  # type: ignore[arg-type]
+    )
+    return stack.start()
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One efficient and one flagship server and a router, shared by the package's tests."""
+    started = start_stack(tmp_path_factory.mktemp("stack"), tiny_imd())
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def wait_until(condition: Any, deadline_s: float, what: str) -> None:
+    try:
+        local.wait_until(condition, deadline_s, what)
+    except TimeoutError as error:
+        pytest.fail(str(error))
+
+
+def router_metric(stack: LocalStack, name: str, **labels: str) -> float:
+    assert stack.router is not None
+    return metric_sum(scrape_metrics(f"{stack.router.url}/metrics"), name, **labels)
+
+
+def triton_requests(stack: LocalStack) -> float:
+    """Every request any Triton server has seen, succeeded or failed."""
+    total = 0.0
+    for servers in stack.servers.values():
+        for server in servers:
+            if server.process is not None and server.process.poll() is None:
+                total += server.metric("nv_inference_request_success")
+                total += server.metric("nv_inference_request_failure")
+    return total
+
+
+def reconfigure(stack: LocalStack, **changes: Any) -> None:
+    """Rewrite router.json (as a ConfigMap update does) and wait until the router reloaded it."""
+    assert stack.router is not None
+    before = router_metric(stack, "duotone_router_config_reloads_total", result="ok")
+    table = json.loads(json.dumps(stack.router.table))
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(table.get(key), dict):
+            table[key].update(value)
+        else:
+            table[key] = value
+    stack.router.write_table(table)
+    wait_until(
+        lambda: router_metric(stack, "duotone_router_config_reloads_total", result="ok") > before,
+        15,
+        "the router to reload its routing table",
+    )
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+    started: float
+    finished: float
+
+    @property
+    def tier(self) -> str | None:
+        return self.headers.get("X-Duotone-Tier")
+
+    def images(self) -> list[Image.Image]:
+        return [
+            Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))) for item in self.body["data"]
+        ]
+
+
+async def post(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any] | bytes, **headers: str
+) -> Answer:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    started = time.monotonic()
+    async with session.post(
+        f"{url}/v1/images/generations",
+        data=data,
+        headers={"Content-Type": "application/json", **headers},
+    ) as response:
+        payload = await response.json(content_type=None)
+        return Answer(response.status, dict(response.headers), payload, started, time.monotonic())
+
+
+async def post_many(
+    url: str, bodies: list[dict[str, Any]], concurrency: int, **headers: str
+) -> list[Answer]:
+    """Send `bodies` with at most `concurrency` in flight; answers in the same order."""
+    semaphore = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one(body: dict[str, Any]) -> Answer:
+            async with semaphore:
+                return await post(session, url, body, **headers)
+
+        return list(await asyncio.gather(*(one(b) for b in bodies)))

@@ -1,0 +1,307 @@
+"""Router guards and translation: token buckets, API keys, the Images API, error classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from duotone_operator.api.v1alpha1 import RequestDefaults, RequestLimits, SLOSpec
+from duotone_operator.policy.ratelimit import TokenBucket, take
+from duotone_runtime.router.backends import Failure, classify
+from duotone_runtime.router.config import ConfigError, TierRoute, parse_static_backends
+from duotone_runtime.router.discovery import addresses_from_slices
+from duotone_runtime.router.images import (
+    ApiError,
+    generation_request,
+    openapi_document,
+    parse_images_request,
+    requested_tier,
+)
+from duotone_runtime.router.keys import bearer_token, load_api_keys
+
+TIER = TierRoute(
+    service="sd-efficient",
+    host="sd-efficient.ns.svc",
+    grpc_port=8001,
+    http_port=8000,
+    metrics_port=8002,
+    defaults=RequestDefaults(steps=2, width=64, height=64),
+    limits=RequestLimits(max_steps=4, max_width=256, max_height=256, max_images_per_request=2),
+    slo=SLOSpec(),
+    request_timeout_ms=10000,
+    max_queue_size=16,
+)
+
+
+def test_bucket_allows_the_burst_then_says_when_to_retry() -> None:
+    bucket = TokenBucket.full(requests_per_minute=60, burst=3, now=0.0)
+    for _ in range(3):
+        admission, bucket = take(bucket, 0.0)
+        assert admission.allowed
+    admission, bucket = take(bucket, 0.0)
+    assert (admission.allowed, admission.retry_after_s) == (False, 1)
+    admission, bucket = take(bucket, 1.0)  # one token per second refilled
+    assert admission.allowed
+
+
+@given(st.lists(st.floats(0, 5), max_size=60), st.integers(1, 600), st.integers(1, 20))
+def test_bucket_never_admits_more_than_burst_plus_refill(gaps, per_minute, burst) -> None:  # type: ignore[no-untyped-def]
+    bucket, now, admitted = (
+        TokenBucket.full(requests_per_minute=per_minute, burst=burst, now=0.0),
+        0.0,
+        0,
+    )
+    for gap in gaps:
+        now += gap
+        admission, bucket = take(bucket, now)
+        admitted += admission.allowed
+    assert admitted <= burst + now * per_minute / 60 + 1e-9
+
+
+def test_api_keys_from_a_secret_mount(tmp_path: Path) -> None:
+    (tmp_path / "search-team").write_text("s3cret-one\n")
+    (tmp_path / "agents").write_text("s3cret-two")
+    (tmp_path / "..data").mkdir()  # what a Secret volume also holds
+    keys = load_api_keys(tmp_path)
+    assert keys.identify("s3cret-one") == "search-team"
+    assert keys.identify("s3cret-two") == "agents"
+    assert keys.identify("s3cret") is None
+    assert keys.identify("") is None
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        pytest.param("Bearer abc", "abc", id="bearer"),
+        pytest.param("bearer  abc ", "abc", id="case and spaces"),
+        pytest.param("Basic abc", None, id="other schemes refused"),
+        pytest.param("Bearer ", None, id="empty token"),
+        pytest.param(None, None, id="no header"),
+    ],
+)
+def test_bearer_token(header: str | None, token: str | None) -> None:
+    assert bearer_token(header) == token
+
+
+def _error(body: dict[str, object] | bytes) -> ApiError:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    def attempt() -> None:
+        generation_request(parse_images_request(raw), TIER, seed_if_missing=1)
+
+    with pytest.raises(ApiError) as caught:
+        attempt()
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "fragment"),
+    [
+        pytest.param(b"{not json", 400, None, "not valid JSON", id="malformed JSON"),
+        pytest.param(b"[1]", 400, None, "JSON object", id="not an object"),
+        pytest.param({}, 422, "prompt", "Field required", id="prompt missing"),
+        pytest.param({"prompt": "x", "n": "2"}, 422, "n", "valid integer", id="n as a string"),
+        pytest.param(
+            {"prompt": "x", "n": 3}, 422, "n", "maxImagesPerRequest 2", id="n over the tier limit"
+        ),
+        pytest.param(
+            {"prompt": "x", "steps": 9},
+            422,
+            "steps",
+            "limits.maxSteps 4",
+            id="steps over the tier limit",
+        ),
+        pytest.param(
+            {"prompt": "x", "size": "100x64"},
+            422,
+            "width",
+            "multiple of 8",
+            id="width not a multiple of 8",
+        ),
+        pytest.param(
+            {"prompt": "x", "size": "64x512"},
+            422,
+            "height",
+            "maxHeight 256",
+            id="height over the limit",
+        ),
+        pytest.param({"prompt": "x", "size": "big"}, 422, "size", "pattern", id="size not WxH"),
+        pytest.param(
+            {"prompt": "x", "response_format": "url"},
+            422,
+            "response_format",
+            "b64_json",
+            id="url responses unsupported",
+        ),
+        pytest.param(
+            {"prompt": "x", "colour": "red"}, 422, "colour", "Extra inputs", id="unknown field"
+        ),
+        pytest.param({"prompt": "  "}, 422, "prompt", "must not be empty", id="blank prompt"),
+        pytest.param({"prompt": "x", "seed": -1}, 422, "seed", "between 0", id="negative seed"),
+        pytest.param(
+            {"prompt": "x", "guidance_scale": 99.0},
+            422,
+            "guidance_scale",
+            "maxGuidanceScale",
+            id="guidance over the limit",
+        ),
+    ],
+)
+def test_bad_requests_name_the_field(body, status, param, fragment) -> None:  # type: ignore[no-untyped-def]
+    error = _error(body)
+    assert (error.status, error.param) == (status, param)
+    assert fragment in error.message
+    assert error.body()["error"]["param"] == param
+
+
+def test_defaults_and_size_apply() -> None:
+    request = parse_images_request(b'{"prompt": "a cat", "size": "128x64", "n": 2, "seed": 5}')
+    prepared = generation_request(request, TIER, seed_if_missing=1)
+    assert (
+        prepared.width,
+        prepared.height,
+        prepared.num_images,
+        prepared.steps,
+        prepared.seed,
+    ) == (128, 64, 2, 2, 5)
+
+
+@pytest.mark.parametrize(
+    ("body", "tier"),
+    [
+        pytest.param({"prompt": "x"}, None, id="nothing named"),
+        pytest.param({"prompt": "x", "quality": "hd"}, "flagship", id="quality hd -> flagship"),
+        pytest.param(
+            {"prompt": "x", "quality": "standard"}, "efficient", id="quality standard -> efficient"
+        ),
+        pytest.param(
+            {"prompt": "x", "quality": "auto"}, None, id="quality auto leaves it to the split"
+        ),
+        pytest.param(
+            {"prompt": "x", "model": "flagship", "quality": "low"},
+            "flagship",
+            id="model beats quality",
+        ),
+        pytest.param(
+            {"prompt": "x", "tier": "efficient", "model": "flagship"},
+            "efficient",
+            id="tier beats model",
+        ),
+    ],
+)
+def test_requested_tier(body, tier) -> None:  # type: ignore[no-untyped-def]
+    assert (
+        requested_tier(parse_images_request(json.dumps(body).encode()), ["efficient", "flagship"])
+        == tier
+    )
+
+
+def test_unknown_model_is_404_model_not_found() -> None:
+    request = parse_images_request(b'{"prompt": "x", "model": "dall-e-3"}')
+    with pytest.raises(ApiError) as caught:
+        requested_tier(request, ["efficient"])
+    assert (caught.value.status, caught.value.code, caught.value.param) == (
+        404,
+        "model_not_found",
+        "model",
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "failure"),
+    [
+        pytest.param(
+            "StatusCode.UNAVAILABLE",
+            "Exceeds maximum queue size",
+            Failure.QUEUE_FULL,
+            id="queue full",
+        ),
+        pytest.param(
+            "StatusCode.UNAVAILABLE",
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+            "Connection refused",
+            Failure.CONNECT,
+            id="connection refused",
+        ),
+        pytest.param(
+            "StatusCode.UNAVAILABLE",
+            "Socket closed",
+            Failure.OTHER,
+            id="dropped after sending is not retried",
+        ),
+        pytest.param(
+            "StatusCode.UNAVAILABLE",
+            "Request timeout expired",
+            Failure.TIMEOUT,
+            id="Triton queue timeout",
+        ),
+        pytest.param(
+            "StatusCode.DEADLINE_EXCEEDED",
+            "Deadline Exceeded",
+            Failure.TIMEOUT,
+            id="router deadline",
+        ),
+        pytest.param(
+            "StatusCode.INVALID_ARGUMENT",
+            "steps: 9 exceeds",
+            Failure.INVALID,
+            id="model refused inputs",
+        ),
+    ],
+)
+def test_classify_backend_errors(status: str, detail: str, failure: Failure) -> None:
+    assert classify(status, detail) is failure
+
+
+def _slice(service: str, port: int | None, endpoints: list[dict[str, object]]) -> dict[str, object]:
+    ports = [{"name": "grpc", "port": port}, {"name": "http", "port": 8000}] if port else []
+    return {
+        "metadata": {"name": f"{service}-x", "labels": {"kubernetes.io/service-name": service}},
+        "ports": ports,
+        "endpoints": endpoints,
+    }
+
+
+def test_addresses_from_slices_keep_ready_grpc_endpoints() -> None:
+    services = {"sd-efficient": "efficient", "sd-flagship": "flagship"}
+    slices = [
+        _slice(
+            "sd-efficient",
+            8001,
+            [
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": True}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": False}},
+                {"addresses": ["10.0.0.4"]},
+            ],
+        ),
+        _slice("sd-efficient", 8001, [{"addresses": ["fd00::5"], "conditions": {"ready": True}}]),
+        _slice("other", 8001, [{"addresses": ["10.9.9.9"]}]),
+        _slice("sd-flagship", None, [{"addresses": ["10.0.1.1"]}]),
+    ]
+    assert addresses_from_slices(slices, services) == {  # type: ignore[arg-type]
+        "efficient": ("10.0.0.2:8001", "10.0.0.4:8001", "[fd00::5]:8001"),
+        "flagship": (),
+    }
+
+
+def test_static_backends_file_errors_name_the_field() -> None:
+    assert parse_static_backends('{"tiers": {"efficient": ["127.0.0.1:1"]}}') == {
+        "efficient": ("127.0.0.1:1",)
+    }
+    with pytest.raises(ConfigError, match=r"tiers\.premium"):
+        parse_static_backends('{"tiers": {"premium": []}}')
+
+
+def test_openapi_document_describes_the_request_model() -> None:
+    document = openapi_document()
+    schema = document["components"]["schemas"]["ImagesRequest"]
+    assert schema["required"] == ["prompt"]
+    assert {"prompt", "n", "size", "tier", "steps", "seed", "negative_prompt"} <= set(
+        schema["properties"]
+    )
+    assert schema["additionalProperties"] is False
+    assert "422" in document["paths"]["/v1/images/generations"]["post"]["responses"]
