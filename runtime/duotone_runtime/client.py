@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -24,16 +23,10 @@ ImageRequest = RawRequest
 """A request as a client sends it: the same record the model validates (None: tier default)."""
 
 
-def _array(spec: protocol.InputSpec, value: Any) -> Any:
-    if spec.data_type == "TYPE_STRING":
-        return np.array([[str(value).encode("utf-8")]], dtype=np.object_)
-    return np.array([[value]], dtype=protocol.NUMPY_TYPES[spec.data_type])
-
-
 def _inputs(module: Any, request: ImageRequest) -> list[Any]:
     inputs = []
     for spec, value in request.values().items():
-        array = _array(spec, value)
+        array = protocol.input_array(spec, value)
         tensor = module.InferInput(
             spec.name, list(array.shape), protocol.CLIENT_TYPES[spec.data_type]
         )

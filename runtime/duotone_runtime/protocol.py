@@ -8,7 +8,7 @@ client helpers, so the names cannot drift apart. Every input holds one value per
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 TritonType = Literal["TYPE_STRING", "TYPE_INT32", "TYPE_INT64", "TYPE_FP32"]
 
@@ -70,3 +70,12 @@ CLIENT_TYPES: Final[dict[TritonType, str]] = {
     "TYPE_FP32": "FP32",
 }
 """Datatype names that Triton's HTTP/gRPC clients use for each config type."""
+
+
+def input_array(spec: InputSpec, value: Any) -> Any:
+    """One request's value of `spec` as the [1, 1] numpy array a Triton client sends."""
+    import numpy as np  # noqa: PLC0415 - clients have numpy; the launcher must not load it
+
+    if spec.data_type == "TYPE_STRING":
+        return np.array([[str(value).encode("utf-8")]], dtype=np.object_)
+    return np.array([[value]], dtype=NUMPY_TYPES[spec.data_type])

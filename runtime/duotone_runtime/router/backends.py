@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
@@ -81,10 +80,7 @@ def classify(status: str, detail: str) -> Failure:
 
 
 def _input(spec: protocol.InputSpec, value: Any) -> Any:
-    if spec.data_type == "TYPE_STRING":
-        array = np.array([[str(value).encode("utf-8")]], dtype=np.object_)
-    else:
-        array = np.array([[value]], dtype=protocol.NUMPY_TYPES[spec.data_type])
+    array = protocol.input_array(spec, value)
     tensor = grpcaio.InferInput(spec.name, list(array.shape), protocol.CLIENT_TYPES[spec.data_type])
     tensor.set_data_from_numpy(array)
     return tensor
