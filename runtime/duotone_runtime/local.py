@@ -40,6 +40,15 @@ def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> N
     raise TimeoutError(f"timed out after {deadline_s:.0f}s waiting for {what}")
 
 
+def answers_ok(url: str) -> bool:
+    """Whether a GET of `url` answers 200 now (False while nothing listens there)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - http only
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
 class ServerExitedError(RuntimeError):
     """The server process ended while it was expected to run."""
 
@@ -114,11 +123,7 @@ class LocalServer:
         return self.is_ready()
 
     def _answers_ok(self, path: str) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        return answers_ok(f"http://{self.http_url}{path}")
 
     def is_ready(self) -> bool:
         """Whether /v2/health/ready answers 200 (strict readiness: the model is loaded)."""

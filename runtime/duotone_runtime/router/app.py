@@ -29,6 +29,7 @@ from duotone_operator.policy.routing import (
     LatencyWindow,
     Route,
     TierLoad,
+    TrafficPolicy,
     choose_tier,
     pick_backend,
     place,
@@ -36,12 +37,13 @@ from duotone_operator.policy.routing import (
 from duotone_runtime.router import images
 from duotone_runtime.router.backends import (
     EJECT_SECONDS,
+    Backend,
     BackendError,
     Failure,
     TierPool,
     close_when_idle,
 )
-from duotone_runtime.router.config import ConfigError, RouterConfig, load_router_config
+from duotone_runtime.router.config import ConfigError, RouterConfig, parse_router_config
 from duotone_runtime.router.discovery import Addresses, Discovery
 from duotone_runtime.router.images import ApiError
 from duotone_runtime.router.keys import ApiKeys, bearer_token, load_api_keys
@@ -93,8 +95,9 @@ class Router:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - a traffic split, not cryptography
         self.metrics = RouterMetrics()
-        self.config: RouterConfig = load_router_config(config_path)
         self._config_text = config_path.read_text()
+        self.config: RouterConfig = parse_router_config(self._config_text)
+        self.policy: TrafficPolicy = self.config.traffic.policy()
         self.keys: ApiKeys | None = None
         self.buckets: dict[str, TokenBucket] = {}
         self.tiers: dict[TierName, TierState] = {}
@@ -135,26 +138,28 @@ class Router:
     def _on_addresses(self, addresses: Addresses) -> None:
         for tier, state in self.tiers.items():
             removed = state.pool.update(addresses.get(tier, ()))
-            if removed:
-                task = asyncio.create_task(close_when_idle(removed))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+            self._close_later(removed)
             self.metrics.backends.labels(tier).set(len(state.pool.backends))
             state.changed.set()
             state.changed = asyncio.Event()
         self.discovered = True
         log.info("backends: %s", {t: list(s.pool.backends) for t, s in self.tiers.items()})
 
+    def _close_later(self, backends: list[Backend]) -> None:
+        """Close pods no longer routed to once their outstanding requests finish."""
+        if backends:
+            task = asyncio.create_task(close_when_idle(backends))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def _apply_config(self, config: RouterConfig) -> None:
         services_before = self._services()
         self.config = config
+        self.policy = config.traffic.policy()
         for tier in config.tiers:
             self.tiers.setdefault(tier, TierState(TierPool.empty(tier)))
         for tier in [t for t in self.tiers if t not in config.tiers]:
-            state = self.tiers.pop(tier)
-            asyncio.get_running_loop().create_task(
-                close_when_idle(list(state.pool.backends.values()))
-            )
+            self._close_later(list(self.tiers.pop(tier).pool.backends.values()))
         self.metrics.efficient_percent.set(config.traffic.efficient_percent)
         if self._discovery_task is not None and self._services() != services_before:
             self._restart_discovery()
@@ -186,8 +191,8 @@ class Router:
         if text != self._config_text:
             self._config_text = text
             try:
-                config = load_router_config(self.config_path)
-            except (ConfigError, OSError) as error:
+                config = parse_router_config(text)
+            except ConfigError as error:
                 self.metrics.config_reloads.labels("invalid").inc()
                 log.error("%s; keeping the previous routing table", error)
             else:
@@ -266,9 +271,7 @@ class Router:
             and not config.traffic.client_tier_selection
         ):
             requested = None  # `quality` is a hint; ignored when selection is off
-        return choose_tier(
-            requested, config.traffic.policy(), self.loads(self.clock()), self.rng.random()
-        )
+        return choose_tier(requested, self.policy, self.loads(self.clock()), self.rng.random())
 
     def _prepare(
         self, parsed: images.ImagesRequest, tier: TierName, seed: int
@@ -281,13 +284,7 @@ class Router:
             return ApiError(403, route.reason, type="permission_error", param="tier")
         if route.status == 422:
             return ApiError(422, route.reason, param="tier", code="invalid_value")
-        return ApiError(
-            503,
-            route.reason,
-            type="overloaded_error",
-            code="tier_saturated",
-            retry_after_s=max(1, round(REJECTING_SECONDS)),
-        )
+        return unavailable(route.reason)
 
     async def generate(
         self, parsed: images.ImagesRequest, request_id: str
@@ -309,13 +306,9 @@ class Router:
                 try:
                     prepared = self._prepare(parsed, route.tier, seed)
                 except ApiError as error:
-                    raise ApiError(
-                        503,
+                    raise unavailable(
                         f"{route.reason}; the request does not fit the {route.tier} tier "
-                        f"({error.message})",
-                        type="overloaded_error",
-                        code="tier_saturated",
-                        retry_after_s=1,
+                        f"({error.message})"
                     ) from error
             self.metrics.routes.labels(route.tier, route.kind).inc()
             if route.kind == "overflow":
@@ -330,22 +323,14 @@ class Router:
                 kind: Literal["requested", "split"] = (
                     "requested" if route.kind == "requested" else "split"
                 )
-                route = place(
-                    route.chosen, kind, self.config.traffic.policy(), self.loads(self.clock())
-                )
+                route = place(route.chosen, kind, self.policy, self.loads(self.clock()))
                 if route.tier is None:
                     raise self._rejection(route) from error
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backend_error(self, tier: TierName, error: BackendError) -> ApiError:
         if error.failure is Failure.QUEUE_FULL:
-            return ApiError(
-                503,
-                f"the {tier} tier is saturated: {error.detail}",
-                type="overloaded_error",
-                code="tier_saturated",
-                retry_after_s=1,
-            )
+            return unavailable(f"the {tier} tier is saturated: {error.detail}")
         if error.failure is Failure.TIMEOUT:
             return ApiError(
                 504,
@@ -354,12 +339,9 @@ class Router:
                 code="deadline_exceeded",
             )
         if error.failure is Failure.CONNECT:
-            return ApiError(
-                503,
+            return unavailable(
                 f"no pod of the {tier} tier could be reached: {error.detail}",
-                type="overloaded_error",
                 code="tier_unavailable",
-                retry_after_s=1,
             )
         if error.failure is Failure.INVALID:
             return ApiError(422, error.detail, code="invalid_value")
@@ -494,6 +476,17 @@ class Router:
 
     async def handle_openapi(self, _: web.Request) -> web.Response:
         return web.json_response(images.openapi_document())
+
+
+def unavailable(message: str, code: str = "tier_saturated") -> ApiError:
+    """503 with Retry-After: by then the tier's queue-full mark has expired."""
+    return ApiError(
+        503,
+        message,
+        type="overloaded_error",
+        code=code,
+        retry_after_s=max(1, round(REJECTING_SECONDS)),
+    )
 
 
 def error_response(error: ApiError, request_id: str) -> web.Response:

@@ -24,7 +24,7 @@ from pathlib import Path
 import prometheus_client
 
 from duotone_runtime.router.app import Router, serve
-from duotone_runtime.router.config import ConfigError
+from duotone_runtime.router.config import ConfigError, load_router_config
 from duotone_runtime.router.discovery import (
     Discovery,
     EndpointSliceDiscovery,
@@ -66,8 +66,6 @@ def _discovery(args: argparse.Namespace, namespace: str | None) -> Discovery:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    from duotone_runtime.router.config import load_router_config  # noqa: PLC0415
-
     config = load_router_config(args.config)
     rng = random.Random(args.seed)  # noqa: S311 - a traffic split, not cryptography
     router = Router(args.config, _discovery(args, config.namespace), rng=rng)

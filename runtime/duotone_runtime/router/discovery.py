@@ -109,10 +109,7 @@ class KubeAccess:
         return {"Authorization": f"Bearer {self.token_file.read_text().strip()}"}
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None
-        )
-        return context
+        return ssl.create_default_context(cafile=self.ca_file)
 
 
 @dataclass

@@ -158,8 +158,12 @@ def _size(size: str | None) -> tuple[int | None, int | None]:
     return int(width), int(height)
 
 
-_FIELD_PARAMS = {"numImages": "n", "negativePrompt": "negative_prompt"}
-_FIELD_PARAMS |= {"guidanceScale": "guidance_scale"}
+_FIELD_PARAMS = {
+    "numImages": "n",
+    "negativePrompt": "negative_prompt",
+    "guidanceScale": "guidance_scale",
+}
+"""The runtime's wire names -> this API's parameter names (the rest are the same)."""
 
 
 def generation_request(
@@ -182,7 +186,7 @@ def generation_request(
     except RequestError as error:
         params = [_FIELD_PARAMS.get(f, f) for f in error.fields]
         message = "; ".join(
-            f"{_FIELD_PARAMS.get(p.field, p.field)}: {p.message}" for p in error.problems
+            f"{param}: {p.message}" for param, p in zip(params, error.problems, strict=True)
         )
         if any(p in ("width", "height") for p in params):
             message += f" (size {request.size!r})"

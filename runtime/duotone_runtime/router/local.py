@@ -11,8 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,13 @@ from typing import Any
 from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName
 from duotone_operator.render.router import routing_table
 from duotone_operator.render.tier import TIER_CONFIG_FILE, tier_config
-from duotone_runtime.local import LocalServer, ServerExitedError, free_port, wait_until
+from duotone_runtime.local import (
+    LocalServer,
+    ServerExitedError,
+    answers_ok,
+    free_port,
+    wait_until,
+)
 
 
 @dataclass
@@ -85,11 +89,7 @@ class LocalRouter:
         if self.process is not None and self.process.poll() is not None:
             tail = self.log.read_text(errors="replace")[-3000:]
             raise ServerExitedError(f"router exited with {self.process.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:  # noqa: S310 - http only
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        return answers_ok(f"{self.url}/readyz")
 
     def terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:

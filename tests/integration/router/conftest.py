@@ -22,11 +22,11 @@ import pytest
 from PIL import Image
 
 from duotone_operator.api.validation import parse_imd
-from duotone_runtime import local
 from duotone_runtime.client import metric_sum, scrape_metrics
 from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
 from duotone_runtime.router.local import LocalStack
 from tests.support.builders import IMDBuilder, imd
+from tests.support.cluster import wait_for
 
 
 def tiny_imd(name: str = "ab") -> IMDBuilder:
@@ -79,13 +79,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         started.stop()
 
 
-def wait_until(condition: Any, deadline_s: float, what: str) -> None:
-    try:
-        local.wait_until(condition, deadline_s, what)
-    except TimeoutError as error:
-        pytest.fail(str(error))
-
-
 def router_metric(stack: LocalStack, name: str, **labels: str) -> float:
     assert stack.router is not None
     return metric_sum(scrape_metrics(f"{stack.router.url}/metrics"), name, **labels)
@@ -113,10 +106,10 @@ def reconfigure(stack: LocalStack, **changes: Any) -> None:
         else:
             table[key] = value
     stack.router.write_table(table)
-    wait_until(
+    wait_for(
         lambda: router_metric(stack, "duotone_router_config_reloads_total", result="ok") > before,
-        15,
-        "the router to reload its routing table",
+        timeout_s=15,
+        what="the router to reload its routing table",
     )
 
 

@@ -17,8 +17,8 @@ from tests.integration.router.conftest import (
     reconfigure,
     router_metric,
     triton_requests,
-    wait_until,
 )
+from tests.support.cluster import wait_for
 
 
 def url(stack: LocalStack) -> str:
@@ -236,20 +236,20 @@ def test_client_disconnect_cancels_the_upstream_call(stack: LocalStack) -> None:
                 )
 
     asyncio.run(hang_up())
-    wait_until(
+    wait_for(
         lambda: (
             router_metric(stack, "duotone_router_cancelled_requests_total", tier="none") > before
         ),
-        10,
-        "the router to cancel the abandoned request",
+        timeout_s=10,
+        what="the router to cancel the abandoned request",
     )
-    wait_until(
+    wait_for(
         lambda: (
             router_metric(stack, "duotone_router_backend_outstanding_requests", tier="flagship")
             == 0
         ),
-        10,
-        "the upstream call to end",
+        timeout_s=10,
+        what="the upstream call to end",
     )
 
 
