@@ -287,3 +287,38 @@ def test_router_metrics_cover_requests_latency_and_pending(stack: LocalStack) ->
     assert router_metric(stack, "duotone_router_in_flight_requests") == 0
     assert router_metric(stack, "duotone_router_pending_requests", tier="flagship") == 0
     assert router_metric(stack, "duotone_router_routes_total", route="split") > 0
+
+
+def test_an_invalid_routing_table_is_refused_and_the_previous_one_kept(stack: LocalStack) -> None:
+    assert stack.router is not None
+    before = router_metric(stack, "duotone_router_config_reloads_total", result="invalid")
+    good = stack.router.table
+    stack.router.config_path.write_text('{"name": "ab", "tiers": {"premium": {}}}')
+    try:
+        wait_for(
+            lambda: (
+                router_metric(stack, "duotone_router_config_reloads_total", result="invalid")
+                > before
+            ),
+            timeout_s=15,
+            what="the router to refuse the invalid table",
+        )
+        (answer,) = asyncio.run(post_many(url(stack), [{"prompt": "x", "tier": "flagship"}], 1))
+        assert (answer.status, answer.tier) == (200, "flagship")
+    finally:
+        reconfigure(stack, **good)
+
+
+def test_a_tier_past_its_deadline_answers_504(stack: LocalStack) -> None:
+    assert stack.router is not None
+    tiers = json.loads(json.dumps(stack.router.table["tiers"]))
+    tiers["flagship"]["requestTimeoutMs"] = 100
+    reconfigure(stack, tiers=tiers)
+    try:
+        slow = {"prompt": "late", "tier": "flagship", "steps": 16, "size": "128x128"}
+        (answer,) = asyncio.run(post_many(url(stack), [slow], 1))
+    finally:
+        tiers["flagship"]["requestTimeoutMs"] = 30000
+        reconfigure(stack, tiers=tiers)
+    assert answer.status == 504
+    assert answer.body["error"]["code"] == "deadline_exceeded"
