@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install generate verify test test-fast binaries cluster-up cluster-down demo bench clean
+.PHONY: help install generate verify test test-fast binaries tools cluster-up cluster-down demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,7 +29,8 @@ verify: install ## Lint, format, strict types, import layers, generated files un
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy operator/duotone_operator runtime/duotone_runtime hack/gen-crd.py tests/support \
-	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py bench/router.py hack/demo.py
+	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py bench/router.py bench/autoscaler.py bench/local_cluster.py \
+	  hack/demo.py
 	$(VENV)/bin/lint-imports
 	$(PY) hack/gen-crd.py --check
 
@@ -39,7 +40,10 @@ test-fast: install ## Unit tests only (pure, seconds)
 binaries: ## Build (first time, ~10 min) or reuse the control-plane binaries
 	hack/build-binaries.sh >/dev/null
 
-test: install binaries ## The whole suite: unit, integration and e2e on a real control plane
+tools: ## Install Prometheus and promtool (Debian's prometheus package) if missing
+	hack/install-tools.sh
+
+test: install binaries tools ## The whole suite: unit, integration and e2e on a real control plane
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 cluster-up: binaries ## Start a local control plane with fake GPU nodes (127.0.0.1 only)

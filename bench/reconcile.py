@@ -11,17 +11,16 @@ the operator's resident memory idle, after N IMDs, and after deleting them.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
+from local_cluster import bench_cluster, percentile
 
 from duotone_operator.api import parse_imd
 from duotone_operator.cluster import Cluster, client_configuration
@@ -72,11 +71,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def child_counts(core: k8s.CoreV1Api, apps: k8s.AppsV1Api, namespace: str) -> dict[str, int]:
@@ -146,6 +140,7 @@ def operator_phase(
                 "--log-format=text",
                 "--health-port=0",
                 f"--metrics-port={METRICS_PORT}",
+                "--autoscale-interval-seconds=0",  # reconciling only, as in earlier figures
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -201,41 +196,20 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    state = Path(tempfile.mkdtemp(prefix="duotone-bench-"))
-    env = {**os.environ, "DUOTONE_CLUSTER_DIR": str(state), "DUOTONE_CLUSTER_NAME": "duotone-bench"}
-    env.pop("KUBECONFIG", None)
-    subprocess.run([ROOT / "hack" / "cluster-up.sh"], env=env, check=True, capture_output=True)
-    kubeconfig = state / "kubeconfig"
-    try:
-        kubectl = [os.environ.get("DUOTONE_KUBECTL", "kubectl"), "--kubeconfig", str(kubeconfig)]
-        subprocess.run(
-            [*kubectl, "apply", "--server-side", "-f", ROOT / "crds"],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                *kubectl,
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/imagemodeldeployments.duotone.io",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        api = k8s.ApiClient(client_configuration(str(kubeconfig)))
+    with bench_cluster() as cluster:
+        api = k8s.ApiClient(client_configuration(str(cluster.kubeconfig)))
         for namespace in ("bench", "bench-baseline"):
             k8s.CoreV1Api(api).create_namespace(
                 k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace))
             )
         base = baseline(Cluster(api), "bench-baseline", args.baseline_count)
         latencies, (rss_idle, rss_loaded, rss_after) = operator_phase(
-            kubeconfig, env, state, api, count=args.count, interval_s=args.interval
-        )
-    finally:
-        subprocess.run(
-            [ROOT / "hack" / "cluster-down.sh"], env=env, check=False, capture_output=True
+            cluster.kubeconfig,
+            cluster.env,
+            cluster.state,
+            api,
+            count=args.count,
+            interval_s=args.interval,
         )
 
     p50, p95 = statistics.median(latencies), percentile(latencies, 0.95)

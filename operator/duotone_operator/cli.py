@@ -15,6 +15,7 @@ from kubernetes import client as k8s
 from prometheus_client import start_http_server
 
 from duotone_operator import handlers, metrics
+from duotone_operator.autoscaler import Autoscaler
 from duotone_operator.cluster import Cluster, client_configuration
 from duotone_operator.health import WatchFreshness
 from duotone_operator.render.objects import RenderSettings
@@ -70,6 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--retry-max-seconds", type=float, default=float(_env("RETRY_MAX_SECONDS", "300"))
     )
     parser.add_argument("--workers", type=int, default=int(_env("WORKERS", "8")))
+    parser.add_argument(
+        "--autoscale-interval-seconds",
+        type=float,
+        default=float(_env("AUTOSCALE_INTERVAL_SECONDS", "2")),
+        help="how often each IMD's tiers are re-evaluated; 0 switches the autoscaler off",
+    )
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -115,6 +122,9 @@ async def run(args: argparse.Namespace) -> None:
         watch_server_timeout=args.watch_timeout_seconds,
         workers=args.workers,
     )
+    if args.autoscale_interval_seconds > 0:
+        context.autoscaler = Autoscaler(context.cluster, observed=context.observed)
+        handlers.register_autoscaler(args.autoscale_interval_seconds)
     start_http_server(args.metrics_port)
     runner = await _serve_health(context, namespaces, args.health_port)
     log.info(
@@ -132,6 +142,8 @@ async def run(args: argparse.Namespace) -> None:
         )
     finally:
         await runner.cleanup()
+        if context.autoscaler is not None:
+            await context.autoscaler.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from kubernetes.dynamic.exceptions import NotFoundError
 from duotone_operator.api.v1alpha1 import API_VERSION, KIND, TIER_NAMES, TierName
 from duotone_operator.render import names
 from duotone_operator.render.children import CHILD_KINDS
+from duotone_operator.render.endpoints import SERVICE_NAME_LABEL
 from duotone_operator.render.references import References
 from duotone_operator.render.status import DeploymentObservation
 
@@ -177,6 +178,24 @@ class Cluster:
             ("Deployment", item["metadata"]["name"]): item
             for item in listed.to_dict().get("items", [])
         }
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Set spec.replicas through the `/scale` subresource, as the autoscaler's manager."""
+        k8s.AppsV1Api(self._api_client).patch_namespaced_deployment_scale(
+            name,
+            namespace,
+            {"spec": {"replicas": replicas}},
+            field_manager=names.SCALE_FIELD_MANAGER,
+        )
+
+    def endpoint_slices(self, namespace: str, services: Sequence[str]) -> list[Manifest]:
+        """The EndpointSlices of the named Services (label kubernetes.io/service-name)."""
+        selector = f"{SERVICE_NAME_LABEL} in ({','.join(services)})"
+        listed = self._resource("discovery.k8s.io/v1", "EndpointSlice").get(
+            namespace=namespace, label_selector=selector
+        )
+        items: list[Manifest] = listed.to_dict().get("items", [])
+        return items
 
     # ------------------------------------------------------------------ lookups
 

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from duotone_operator import metrics
 from duotone_operator.api.v1alpha1 import GROUP, PLURAL, VERSION, ImageModelDeployment
 from duotone_operator.api.validation import InvalidSpecError, parse_imd
+from duotone_operator.autoscaler import Autoscaler
 from duotone_operator.cluster import (
     ChildKey,
     Cluster,
@@ -62,6 +63,8 @@ class OperatorContext:
     retry_max_seconds: float = 300.0
     watch_server_timeout: int = 300
     workers: int = 8
+    autoscaler: Autoscaler | None = None
+    """None when autoscaling is switched off for the whole operator."""
 
 
 def _context(memo: Any) -> OperatorContext:
@@ -339,7 +342,32 @@ def deployment_changed(
 def watch_delivered(body: kopf.Body, type: str, memo: Any, **_: Any) -> None:  # noqa: A002
     """Record what the watch delivers, for the liveness probe (`health.WatchFreshness`)."""
     metadata = body.get("metadata", {})
+    context = _context(memo)
     if metadata.get("uid") and metadata.get("resourceVersion"):
-        _context(memo).freshness.delivered(
+        context.freshness.delivered(
             metadata["uid"], metadata["resourceVersion"], deleted=type == "DELETED"
         )
+    if type == "DELETED" and context.autoscaler is not None:
+        context.autoscaler.forget(metadata.get("namespace", ""), metadata.get("name", ""))
+
+
+async def autoscale(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Timer: one autoscaler round for this IMD (`duotone_operator.autoscaler`)."""
+    autoscaler = _context(memo).autoscaler
+    if autoscaler is None:
+        return
+    try:
+        await autoscaler.tick(body, time.time())
+    except (ApiException, OSError) as exc:
+        # The next tick retries; nothing was decided on half a picture.
+        namespace = body.get("metadata", {}).get("namespace", "")
+        metrics.SCALE_ERRORS.labels(namespace).inc()
+        log.warning("autoscaler round for %s failed: %s", body.get("metadata", {}).get("name"), exc)
+
+
+def register_autoscaler(interval_seconds: float) -> None:
+    """Run `autoscale` for every IMD every `interval_seconds` (registered at start-up, because
+    the interval is a command-line setting)."""
+    kopf.timer(GROUP, VERSION, PLURAL, id="autoscale", interval=interval_seconds, sharp=True)(
+        autoscale
+    )

@@ -76,6 +76,11 @@ class _Metrics:
         requests = family(
             "duotone_execute_batch_requests", "Requests per Triton execute call.", histogram
         )
+        executing = family(
+            "duotone_executing_requests",
+            "Requests in execute now (queued ones are nv_inference_pending_request_count).",
+            gauge,
+        )
         rejected = family(
             "duotone_requests_rejected_total",
             "Requests answered with an error, by reason (invalid, failed, cancelled).",
@@ -91,6 +96,7 @@ class _Metrics:
         }
         self.batch_images = batch.Metric(labels=labels, buckets=BATCH_BUCKETS)
         self.batch_requests = requests.Metric(labels=labels, buckets=BATCH_BUCKETS)
+        self.executing = executing.Metric(labels=labels)
         self.rejected = {
             reason: rejected.Metric(labels={**labels, "reason": reason})
             for reason in ("invalid", "failed", "cancelled")
@@ -175,6 +181,15 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
+        # Queued plus executing is the load the autoscaler sees; Triton counts only the queue.
+        # Instances share the gauge, so each adds and removes its own batch.
+        self.metrics.executing.increment(float(len(requests)))
+        try:
+            return self._execute(requests)
+        finally:
+            self.metrics.executing.increment(-float(len(requests)))
+
+    def _execute(self, requests: Sequence[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         valid: list[GenerationRequest | None] = [None] * len(requests)
         spec = self.tier.spec

@@ -33,3 +33,8 @@ def test_children_can_be_applied_and_deleted_but_pods_are_not_touched() -> None:
         assert {"get", "list", "create", "patch", "delete"} <= _grants(resource), resource
     assert _grants("pods") == set()
     assert _grants("imagemodeldeployments") & WRITE_VERBS == {"patch"}
+
+
+def test_the_autoscaler_writes_replicas_only_through_scale() -> None:
+    assert _grants("deployments/scale") == {"patch"}
+    assert _grants("endpointslices") & WRITE_VERBS == set()

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from duotone_operator.api.v1alpha1 import TIER_NAMES, ImageModelDeployment, TierName
+from duotone_operator.policy.autoscaling import ScaleDecision
 from duotone_operator.render import names
 
 
@@ -196,3 +197,38 @@ def compute_status(
     }
     status["p50"] = p50_summary(previous.get("tiers") or {})
     return status
+
+
+def scale_status(
+    decisions: Mapping[TierName, ScaleDecision],
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status fields the autoscaler owns, as a JSON merge patch body.
+
+    Held decisions (metrics missing) leave queueDepth and p50LatencyMs as they were; otherwise
+    a tier with no recent requests has its p50 removed rather than frozen at an old value.
+    """
+    previous_tiers: Mapping[str, Any] = (previous or {}).get("tiers") or {}
+    tiers: dict[str, Any] = {}
+    for tier, decision in decisions.items():
+        fields: dict[str, Any] = {
+            "desiredReplicas": decision.replicas,
+            "gpuBudgetLimited": decision.budget_limited,
+        }
+        if not decision.held:
+            fields["queueDepth"] = (
+                round(decision.queue_depth, 1) if decision.queue_depth is not None else None
+            )
+            fields["p50LatencyMs"] = (
+                round(decision.p50_latency_ms, 1) if decision.p50_latency_ms is not None else None
+            )
+        if decision.direction != "none":
+            fields["lastScaleTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+            fields["lastScaleReason"] = decision.reason[:1024]
+        tiers[tier] = fields
+    merged = {
+        tier: {**(previous_tiers.get(tier) or {}), **tiers.get(tier, {})}
+        for tier in {*previous_tiers, *tiers}
+    }
+    return {"tiers": tiers, "p50": p50_summary(merged)}

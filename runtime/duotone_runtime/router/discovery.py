@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,13 +20,13 @@ from typing import Any, Protocol
 import aiohttp
 
 from duotone_operator.api.v1alpha1 import TierName
+from duotone_operator.render.endpoints import SERVICE_NAME_LABEL, addresses_from_slices
 from duotone_runtime.router.config import ConfigError, parse_static_backends
 
 log = logging.getLogger("duotone.router.discovery")
 
 Addresses = dict[TierName, tuple[str, ...]]
 OnChange = Callable[[Addresses], None]
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 GRPC_PORT_NAME = "grpc"
 IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -36,32 +36,6 @@ class Discovery(Protocol):
 
     async def run(self, services: Mapping[str, TierName], on_change: OnChange) -> None:
         """Report addresses until cancelled; `services` maps Service name -> tier."""
-
-
-def _address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-def addresses_from_slices(
-    slices: Iterable[Mapping[str, Any]], services: Mapping[str, TierName]
-) -> Addresses:
-    """Ready endpoints' gRPC addresses per tier (pure). Unready or terminating pods are left out;
-    `ready` missing counts as ready, as the EndpointSlice API says."""
-    found: dict[TierName, list[str]] = {tier: [] for tier in services.values()}
-    for item in slices:
-        service = (item.get("metadata", {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
-        tier = services.get(service or "")
-        if tier is None:
-            continue
-        ports = [p for p in item.get("ports") or [] if p.get("name") == GRPC_PORT_NAME]
-        if not ports or ports[0].get("port") is None:
-            continue
-        port = int(ports[0]["port"])
-        for endpoint in item.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready") is False:
-                continue
-            found[tier] += [_address(ip, port) for ip in endpoint.get("addresses") or []]
-    return {tier: tuple(sorted(set(addrs))) for tier, addrs in found.items()}
 
 
 @dataclass
@@ -151,7 +125,7 @@ class EndpointSliceDiscovery:
         slices: dict[str, Mapping[str, Any]] = {
             s["metadata"]["name"]: s for s in listed.get("items") or []
         }
-        on_change(addresses_from_slices(slices.values(), services))
+        on_change(addresses_from_slices(slices.values(), services, GRPC_PORT_NAME))
         version = listed["metadata"]["resourceVersion"]
         params |= {
             "watch": "1",
@@ -178,4 +152,4 @@ class EndpointSliceDiscovery:
                     slices.pop(name, None)
                 else:
                     slices[name] = item
-                on_change(addresses_from_slices(slices.values(), services))
+                on_change(addresses_from_slices(slices.values(), services, GRPC_PORT_NAME))

@@ -262,6 +262,8 @@ def test_metrics_report_queue_latency_and_runtime_figures(
         )
 
     assert value("nv_inference_pending_request_count") == 0
+    assert "duotone_executing_requests" in names
+    assert value("duotone_executing_requests") == 0, "every request has left execute"
     p50 = value("nv_inference_request_summary_us", quantile="0.5")
     assert 1_000 < p50 < 60_000_000, "p50 should be between 1 ms and a minute"
     images = value("duotone_images_generated_total")

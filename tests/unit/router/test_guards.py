@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from duotone_operator.api.v1alpha1 import RequestDefaults, RequestLimits, SLOSpec
 from duotone_operator.policy.ratelimit import TokenBucket, take
+from duotone_operator.render.endpoints import addresses_from_slices
 from duotone_runtime.router.backends import Failure, classify
 from duotone_runtime.router.config import ConfigError, TierRoute, parse_static_backends
-from duotone_runtime.router.discovery import addresses_from_slices
 from duotone_runtime.router.images import (
     ApiError,
     generation_request,
@@ -282,7 +282,7 @@ def test_addresses_from_slices_keep_ready_grpc_endpoints() -> None:
         _slice("other", 8001, [{"addresses": ["10.9.9.9"]}]),
         _slice("sd-flagship", None, [{"addresses": ["10.0.1.1"]}]),
     ]
-    assert addresses_from_slices(slices, services) == {  # type: ignore[arg-type]
+    assert addresses_from_slices(slices, services, "grpc") == {  # type: ignore[arg-type]
         "efficient": ("10.0.0.2:8001", "10.0.0.4:8001", "[fd00::5]:8001"),
         "flagship": (),
     }

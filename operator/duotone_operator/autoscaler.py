@@ -1,0 +1,208 @@
+"""The autoscaler's shell: read metrics, ask `policy.autoscaling`, patch `/scale`, report.
+
+A Kopf timer calls `Autoscaler.tick` per IMD every `--autoscale-interval-seconds`. Decisions
+are made by the pure core; this module only gathers observations, applies the decisions and
+reports them (status fields, a Normal event per scale, operator metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from duotone_operator import metrics
+from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName
+from duotone_operator.api.validation import InvalidSpecError, parse_imd
+from duotone_operator.cluster import Cluster, tier_observations
+from duotone_operator.policy.autoscaling import (
+    ScaleDecision,
+    ScaleState,
+    TierObservation,
+    decide,
+    initial_state,
+    scaling_spec,
+    share_gpu_budget,
+)
+from duotone_operator.render import names
+from duotone_operator.render.status import DeploymentObservation, scale_status
+from duotone_operator.scaling_metrics import (
+    DirectSource,
+    MetricSource,
+    PrometheusSource,
+    tier_targets,
+)
+
+log = logging.getLogger("duotone.autoscaler")
+
+STATUS_REFRESH_SECONDS = 10.0
+"""Queue depth and p50 alone rewrite the status at most this often (a scale writes at once)."""
+
+StateKey = tuple[str, str, TierName]
+
+
+@dataclass
+class Autoscaler:
+    """Per-IMD ticks; keeps each tier's ScaleState between them (in memory: a restarted
+    operator starts from `initial_state`, which never scales down before a full window)."""
+
+    cluster: Cluster
+    observed: Mapping[tuple[str, str], DeploymentObservation] = field(default_factory=dict)
+    """The reconciler's watch cache of child Deployments ((namespace, name) -> observation);
+    a tick lists the Deployments only when a tier is missing from it."""
+    states: dict[StateKey, ScaleState] = field(default_factory=dict)
+    written: dict[tuple[str, str], tuple[dict[str, Any], float]] = field(default_factory=dict)
+    _session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def source(self, imd: ImageModelDeployment) -> MetricSource:
+        spec = imd.spec.autoscaling.metrics
+        if spec.source == "prometheus" and spec.prometheus_url:
+            return PrometheusSource(spec.prometheus_url, self.session())
+        return DirectSource(self.cluster, self.session())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop the state and metric series of a deleted IMD."""
+        for key in [k for k in self.states if k[:2] == (namespace, name)]:
+            del self.states[key]
+            for gauge in metrics.TIER_GAUGES:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*key)
+        self.written.pop((namespace, name), None)
+
+    async def tick(self, body: Mapping[str, Any], now: float) -> dict[TierName, ScaleDecision]:
+        """One round for one IMD; returns the decisions (empty when there is nothing to do)."""
+        try:
+            imd = parse_imd(body)
+        except InvalidSpecError:
+            return {}  # the reconciler reports it
+        if not imd.spec.autoscaling.enabled:
+            return {}
+        namespace, name = imd.metadata.namespace or "default", imd.metadata.name
+        started = time.monotonic()
+        current = await self._deployments(imd)
+        targets = {t: v for t, v in tier_targets(imd).items() if t in current}
+        source = self.source(imd)
+        readings = await asyncio.gather(*(source.read(t, now) for t in targets.values()))
+
+        specs = {tier: scaling_spec(imd, tier) for tier in targets}
+        decisions: dict[TierName, ScaleDecision] = {}
+        for tier, reading in zip(targets, readings, strict=True):
+            observed = current[tier]
+            observation = TierObservation(observed.desired, observed.ready, reading)
+            key = (namespace, name, tier)
+            state = self.states.get(key) or initial_state(observed.desired, now)
+            decisions[tier], self.states[key] = decide(observation, specs[tier], state, now)
+        decisions = share_gpu_budget(decisions, specs, imd.spec.autoscaling.gpu_budget)
+
+        for tier, decision in decisions.items():
+            await self._act(body, imd, tier, decision)
+        await self._report_status(body, namespace, name, decisions, now)
+        for tier, decision in decisions.items():
+            self._export(namespace, name, tier, decision, now)
+            metrics.REPLICAS_MAX.labels(namespace, name, tier).set(specs[tier].maximum)
+            metrics.SLO_P50_MS.labels(namespace, name, tier).set(specs[tier].slo_p50_ms)
+        metrics.TICK_SECONDS.observe(time.monotonic() - started)
+        return decisions
+
+    async def _deployments(
+        self, imd: ImageModelDeployment
+    ) -> dict[TierName, DeploymentObservation]:
+        namespace, name = imd.metadata.namespace or "default", imd.metadata.name
+        cached = {
+            tier: self.observed.get((namespace, names.tier_name(name, tier)))
+            for tier in imd.spec.tiers.present()
+        }
+        found = {tier: obs for tier, obs in cached.items() if obs is not None}
+        if len(found) == len(cached):
+            return found
+        listed = await asyncio.to_thread(self.cluster.deployments, namespace, name)
+        return tier_observations(listed)
+
+    async def _act(
+        self,
+        body: Mapping[str, Any],
+        imd: ImageModelDeployment,
+        tier: TierName,
+        decision: ScaleDecision,
+    ) -> None:
+        if decision.direction == "none":
+            return
+        namespace, name = imd.metadata.namespace or "default", imd.metadata.name
+        await asyncio.to_thread(
+            self.cluster.scale_deployment, namespace, names.tier_name(name, tier), decision.replicas
+        )
+        metrics.SCALE_PATCHES.labels(namespace, name, tier).inc()
+        log.info("%s/%s %s: %s", namespace, name, tier, decision.reason)
+        reason = "ScaledUp" if decision.direction == "up" else "ScaledDown"
+        await asyncio.to_thread(
+            self.cluster.post_event, body, "Normal", reason, f"{tier}: {decision.reason}"
+        )
+
+    async def _report_status(
+        self,
+        body: Mapping[str, Any],
+        namespace: str,
+        name: str,
+        decisions: Mapping[TierName, ScaleDecision],
+        now: float,
+    ) -> None:
+        if not decisions:
+            return
+        patch = scale_status(decisions, body.get("status"), datetime.fromtimestamp(now, UTC))
+        last, written_at = self.written.get((namespace, name), ({}, 0.0))
+
+        def settled(status: Mapping[str, Any]) -> dict[str, Any]:
+            """The patch without the figures that move on every tick."""
+            return {
+                tier: {k: v for k, v in fields.items() if k not in ("queueDepth", "p50LatencyMs")}
+                for tier, fields in status.get("tiers", {}).items()
+            }
+
+        scaled = any(d.direction != "none" for d in decisions.values())
+        if patch == last or (
+            not scaled
+            and settled(patch) == settled(last)
+            and now - written_at < STATUS_REFRESH_SECONDS
+        ):
+            return
+        await asyncio.to_thread(self.cluster.patch_imd_status, namespace, name, patch)
+        self.written[(namespace, name)] = (patch, now)
+
+    @staticmethod
+    def _export(
+        namespace: str, name: str, tier: TierName, decision: ScaleDecision, now: float
+    ) -> None:
+        labels = (namespace, name, tier)
+        metrics.SCALE_DECISIONS.labels(
+            *labels, decision.direction, "true" if decision.held else "false"
+        ).inc()
+        metrics.REPLICAS_CURRENT.labels(*labels).set(decision.current)
+        metrics.REPLICAS_DESIRED.labels(*labels).set(decision.replicas)
+        wanted = max(
+            decision.wanted or decision.replicas,
+            decision.queue_recommendation or 0,
+            decision.latency_recommendation or 0,
+        )
+        metrics.REPLICAS_WANTED.labels(*labels).set(wanted)
+        if decision.queue_depth is not None:
+            metrics.QUEUE_DEPTH.labels(*labels).set(decision.queue_depth)
+        if decision.p50_latency_ms is not None:
+            metrics.P50_MS.labels(*labels).set(decision.p50_latency_ms)
+        metrics.BUDGET_LIMITED.labels(*labels).set(1 if decision.budget_limited else 0)
+        metrics.LAST_DECISION.labels(*labels).set(now)

@@ -1,0 +1,40 @@
+"""Reading the EndpointSlices of the Services this package renders (pure).
+
+The router finds its tiers' gRPC ports here; the autoscaler's direct metric source finds the
+pods' metrics ports and the routers' HTTP ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+K = TypeVar("K")
+
+
+def _address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def addresses_from_slices(
+    slices: Iterable[Mapping[str, Any]], services: Mapping[str, K], port_name: str
+) -> dict[K, tuple[str, ...]]:
+    """Ready endpoints' `host:port` of the port named `port_name`, per key of `services`
+    (Service name -> key). Unready or terminating pods are left out; `ready` missing counts as
+    ready, as the EndpointSlice API says."""
+    found: dict[K, list[str]] = {key: [] for key in services.values()}
+    for item in slices:
+        service = (item.get("metadata", {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if not isinstance(service, str) or service not in services:
+            continue
+        key = services[service]
+        ports = [p for p in item.get("ports") or [] if p.get("name") == port_name]
+        if not ports or ports[0].get("port") is None:
+            continue
+        port = int(ports[0]["port"])
+        for endpoint in item.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            found[key] += [_address(ip, port) for ip in endpoint.get("addresses") or []]
+    return {key: tuple(sorted(set(addrs))) for key, addrs in found.items()}
