@@ -120,7 +120,8 @@ class LocalServer:
             raise ServerExitedError(
                 f"server exited with {self.process.returncode}:\n{self.log_tail()}"
             )
-        return self.is_ready()
+        # Triton opens its metrics port just after HTTP: wait for both.
+        return self.is_ready() and answers_ok(self.metrics_url)
 
     def _answers_ok(self, path: str) -> bool:
         return answers_ok(f"http://{self.http_url}{path}")
