@@ -45,6 +45,7 @@ from duotone_operator.policy.autoscaling import (
     initial_state,
 )
 from tests.support.builders import imd
+from tests.support.cluster import wait_for
 from tests.support.prometheus import ScrapeTarget, start_prometheus
 
 INTERVAL_S = 2.0
@@ -263,23 +264,23 @@ def real_loop(count: int, seed: int) -> list[float]:
                 return None
             return None if found.spec is None else found.spec.replicas
 
-        def wait(condition: Callable[[], bool], timeout_s: float = 60) -> float:
-            deadline = time.monotonic() + timeout_s
-            while not condition():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(log_path.read_text()[-3000:])
-                time.sleep(0.02)
+        def wait(condition: Callable[[], bool], what: str) -> float:
+            """Poll every 20 ms (the measurement's resolution); the time it first held."""
+            try:
+                wait_for(condition, timeout_s=60, what=what, interval_s=0.02)
+            except TimeoutError as error:
+                raise TimeoutError(f"{error}\n{log_path.read_text()[-3000:]}") from None
             return time.monotonic()
 
-        wait(lambda: replicas() == 1)
+        wait(lambda: replicas() == 1, "the tier at 1 replica")
         latencies = []
         for _ in range(count):
             time.sleep(rng.uniform(0, INTERVAL_S))  # a random phase against the timer
             breached = time.monotonic()
             exporter.queued = 8.0  # 1 replica, 4 per replica: wants 2
-            latencies.append(wait(lambda: replicas() == 2) - breached)
+            latencies.append(wait(lambda: replicas() == 2, "the scale-up") - breached)
             exporter.queued = 0.0
-            wait(lambda: replicas() == 1)
+            wait(lambda: replicas() == 1, "the scale-down")
         return latencies
 
 

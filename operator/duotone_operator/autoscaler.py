@@ -25,6 +25,7 @@ from duotone_operator.cluster import Cluster, tier_observations
 from duotone_operator.policy.autoscaling import (
     ScaleDecision,
     ScaleState,
+    ScalingSpec,
     TierObservation,
     decide,
     initial_state,
@@ -114,9 +115,7 @@ class Autoscaler:
             await self._act(body, imd, tier, decision)
         await self._report_status(body, namespace, name, decisions, now)
         for tier, decision in decisions.items():
-            self._export(namespace, name, tier, decision, now)
-            metrics.REPLICAS_MAX.labels(namespace, name, tier).set(specs[tier].maximum)
-            metrics.SLO_P50_MS.labels(namespace, name, tier).set(specs[tier].slo_p50_ms)
+            self._export((namespace, name, tier), decision, specs[tier], now)
         metrics.TICK_SECONDS.observe(time.monotonic() - started)
         return decisions
 
@@ -185,10 +184,7 @@ class Autoscaler:
         self.written[(namespace, name)] = (patch, now)
 
     @staticmethod
-    def _export(
-        namespace: str, name: str, tier: TierName, decision: ScaleDecision, now: float
-    ) -> None:
-        labels = (namespace, name, tier)
+    def _export(labels: StateKey, decision: ScaleDecision, spec: ScalingSpec, now: float) -> None:
         metrics.SCALE_DECISIONS.labels(
             *labels, decision.direction, "true" if decision.held else "false"
         ).inc()
@@ -206,3 +202,5 @@ class Autoscaler:
             metrics.P50_MS.labels(*labels).set(decision.p50_latency_ms)
         metrics.BUDGET_LIMITED.labels(*labels).set(1 if decision.budget_limited else 0)
         metrics.LAST_DECISION.labels(*labels).set(now)
+        metrics.REPLICAS_MAX.labels(*labels).set(spec.maximum)
+        metrics.SLO_P50_MS.labels(*labels).set(spec.slo_p50_ms)

@@ -6,7 +6,9 @@ execs tritonserver), waits for readiness by polling with a deadline, and stops i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -38,6 +40,28 @@ def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> N
             return
         time.sleep(0.1)
     raise TimeoutError(f"timed out after {deadline_s:.0f}s waiting for {what}")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes],
+    *,
+    timeout_s: float,
+    first: signal.Signals = signal.SIGTERM,
+    group: bool = False,
+) -> None:
+    """Send `first`, wait up to `timeout_s`, then SIGKILL. With `group` (a process started
+    with `start_new_session=True`) also kill what is left of its process group: Triton's
+    Python backend stubs outlive a server that was SIGKILLed."""
+    if process.poll() is None:
+        process.send_signal(first)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def answers_ok(url: str) -> bool:
@@ -106,7 +130,9 @@ class LocalServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "tier.json").write_text(json.dumps(self.tier))
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_until(self._ready, deadline_s, f"readiness of the server at {self.http_url}")
         return self
 
@@ -141,11 +167,7 @@ class LocalServer:
         return metric_sum(self.metrics(), name, **labels)
 
     def terminate(self) -> None:
-        """SIGTERM, then wait past the exit timeout; SIGKILL only if it is still there."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=self.exit_timeout_secs + 30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM, then wait past the exit timeout; SIGKILL only if it is still there (and
+        its backend stubs in any case)."""
+        if self.process is not None:
+            stop_process(self.process, timeout_s=self.exit_timeout_secs + 30, group=True)

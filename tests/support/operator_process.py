@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,19 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
+from duotone_runtime.local import free_port, stop_process
 from tests.support.cluster import Cluster, wait_for
 from tests.support.manifests import CRD_PATH, ROOT
 
 RBAC_RULES = ROOT / "charts" / "duotone" / "files" / "operator-rbac-rules.yaml"
 OPERATOR_NAMESPACE = "duotone-system"
 OPERATOR_ACCOUNT = "duotone-operator"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def apply(cluster: Cluster, manifest: dict[str, Any], namespace: str | None = None) -> None:
@@ -127,13 +120,7 @@ class OperatorProcess:
         return "\n".join(lines[-last:])
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, timeout_s=30, first=signal.SIGKILL if kill else signal.SIGTERM)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import urllib.parse
 import urllib.request
@@ -21,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from duotone_runtime.local import free_port, stop_process
 from tests.support.cluster import wait_for
-from tests.support.operator_process import free_port
 
 
 @dataclass(frozen=True)
@@ -67,13 +66,7 @@ class Prometheus:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=15)
 
 
 def start_prometheus(

@@ -171,7 +171,12 @@ def _pod_load(observation: TierObservation) -> float | None:
 
 
 def _hold(
-    observation: TierObservation, spec: ScalingSpec, state: ScaleState, *, woken: bool, why: str
+    observation: TierObservation,
+    spec: ScalingSpec,
+    next_state: ScaleState,
+    *,
+    woken: bool,
+    why: str,
 ) -> tuple[ScaleDecision, ScaleState]:
     """Metrics missing or stale: keep the size (only a wake-up from zero may happen)."""
     m, current = observation.metrics, observation.replicas
@@ -180,10 +185,7 @@ def _hold(
     if woken and held == 0:
         held = _clamp(math.ceil(m.router_pending / spec.target_queue_per_replica), 1, spec.maximum)
         reason = f"waking from zero to {held}: router demand ({reason})"
-    demand_total = m.demand_total if m.demand_total is not None else state.demand_total
-    return ScaleDecision(held, current, reason, held=True), replace(
-        state, demand_total=demand_total
-    )
+    return ScaleDecision(held, current, reason, held=True), next_state
 
 
 @dataclass(frozen=True)
@@ -251,11 +253,12 @@ def decide(
     """One tier's decision (the rules are in the module docstring)."""
     m, current = observation.metrics, observation.replicas
     woken = m.router_pending > 0 or _new_demand(m, state)
+    demand_total = m.demand_total if m.demand_total is not None else state.demand_total
     in_pods = _pod_load(observation)
-    if m.at is None or in_pods is None:
-        return _hold(observation, spec, state, woken=woken, why="missing")
-    if now - m.at > STALE_AFTER_SECONDS:
-        return _hold(observation, spec, state, woken=woken, why="stale")
+    if m.at is None or in_pods is None or now - m.at > STALE_AFTER_SECONDS:
+        why = "missing" if m.at is None or in_pods is None else "stale"
+        held_state = replace(state, demand_total=demand_total)
+        return _hold(observation, spec, held_state, woken=woken, why=why)
 
     total = in_pods + m.router_pending
     last_busy = now if total > 0 or woken or state.last_busy is None else state.last_busy
@@ -308,7 +311,6 @@ def decide(
         queue_depth=total,
         p50_latency_ms=m.p50_latency_ms,
     )
-    demand_total = m.demand_total if m.demand_total is not None else state.demand_total
     return decision, ScaleState(history, last_busy, demand_total, panic_until)
 
 

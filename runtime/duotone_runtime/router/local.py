@@ -8,7 +8,6 @@ serve` per tier pod and one `duotone-router` with a static backends file listing
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from duotone_runtime.local import (
     ServerExitedError,
     answers_ok,
     free_port,
+    stop_process,
     wait_until,
 )
 
@@ -92,13 +92,8 @@ class LocalRouter:
         return answers_ok(f"{self.url}/readyz")
 
     def terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout_s=15)
 
 
 def _atomic_write(path: Path, text: str) -> None:
