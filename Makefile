@@ -22,17 +22,17 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED) ## Create .venv with the project, its dev tools and the runtime stack
 
-generate: install ## Regenerate crds/ from the API models
-	$(PY) hack/gen-crd.py
+generate: install ## Regenerate crds/, the chart's CRD copy and the Grafana dashboard from code
+	$(PY) hack/generate.py
 
 verify: install ## Lint, format, strict types, import layers, generated files unchanged
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/duotone_operator runtime/duotone_runtime hack/gen-crd.py tests/support \
+	$(VENV)/bin/mypy operator/duotone_operator runtime/duotone_runtime hack/generate.py tests/support \
 	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py bench/router.py bench/autoscaler.py bench/local_cluster.py \
 	  hack/demo.py
 	$(VENV)/bin/lint-imports
-	$(PY) hack/gen-crd.py --check
+	$(PY) hack/generate.py --check
 
 test-fast: install ## Unit tests only (pure, seconds)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -40,7 +40,7 @@ test-fast: install ## Unit tests only (pure, seconds)
 binaries: ## Build (first time, ~10 min) or reuse the control-plane binaries
 	hack/build-binaries.sh >/dev/null
 
-tools: ## Install Prometheus and promtool (Debian's prometheus package) if missing
+tools: ## Install Prometheus/promtool (Debian) and build Helm (Go module) if missing
 	hack/install-tools.sh
 
 test: install binaries tools ## The whole suite: unit, integration and e2e on a real control plane

@@ -1,19 +1,70 @@
 #!/usr/bin/env bash
-# Install the test bed's Debian tools if missing: prometheus and promtool (the autoscaler's
-# integration tests run a real Prometheus). Idempotent; prints what it does.
+# Install the test bed's tools if missing; idempotent, prints what it does.
+#   - prometheus and promtool: Debian's prometheus package (real Prometheus in tests, rule tests);
+#   - helm: built from its Go module (HELM_VERSION in hack/versions.env) into the binary cache;
+#   - prometheus-operator's CRDs: its Go module (PROMETHEUS_OPERATOR_VERSION) in the module cache.
+#
+# Usage: hack/install-tools.sh [--print-helm]
+#   --print-helm   install nothing; print the helm binary's path (empty if not built yet).
+# DUOTONE_HELM overrides the helm binary.
 set -euo pipefail
 
-if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
-  echo "prometheus present: $(prometheus --version 2>&1 | head -1)"
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=hack/versions.env
+source "${REPO_ROOT}/hack/versions.env"
+CACHE_ROOT="${DUOTONE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/duotone/bin}"
+HELM_BIN="${DUOTONE_HELM:-${CACHE_ROOT}/helm-${HELM_VERSION}/helm}"
+
+if [[ "${1:-}" == "--print-helm" ]]; then
+  [[ -x "$HELM_BIN" ]] && echo "$HELM_BIN"
   exit 0
 fi
-if ! command -v apt-get >/dev/null; then
-  echo "prometheus and promtool are needed; install them (Debian/Ubuntu package: prometheus)" >&2
-  exit 1
-fi
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-echo "==> installing Debian's prometheus package (prometheus, promtool)"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-echo "prometheus installed: $(prometheus --version 2>&1 | head -1)"
+
+install_prometheus() {
+  if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+    echo "prometheus present: $(prometheus --version 2>&1 | head -1)"
+    return
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "prometheus and promtool are needed; install them (Debian/Ubuntu package: prometheus)" >&2
+    exit 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "==> installing Debian's prometheus package (prometheus, promtool)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  echo "prometheus installed: $(prometheus --version 2>&1 | head -1)"
+}
+
+install_helm() {
+  if [[ -x "$HELM_BIN" ]]; then
+    echo "helm present: $HELM_BIN ($("$HELM_BIN" version --short 2>/dev/null))"
+    return
+  fi
+  [[ -z "${DUOTONE_HELM:-}" ]] || { echo "DUOTONE_HELM=$DUOTONE_HELM is not executable" >&2; exit 1; }
+  echo "==> building helm v${HELM_VERSION} from helm.sh/helm/v4 (about 2 minutes the first time)"
+  local out
+  out=$(dirname "$HELM_BIN")
+  mkdir -p "$out"
+  GOBIN="$out" CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v${HELM_VERSION}" \
+    "helm.sh/helm/v4/cmd/helm@v${HELM_VERSION}"
+  echo "helm installed: $HELM_BIN"
+}
+
+download_monitoring_crds() {
+  local dir
+  dir=$(cd /tmp && go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator@v${PROMETHEUS_OPERATOR_VERSION}" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+  [[ -f "$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" ]] || {
+    echo "could not download prometheus-operator v${PROMETHEUS_OPERATOR_VERSION} from the module proxy" >&2
+    exit 1
+  }
+  echo "prometheus-operator CRDs present: v${PROMETHEUS_OPERATOR_VERSION}"
+}
+
+install_prometheus
+install_helm
+download_monitoring_crds

@@ -107,7 +107,10 @@ class Autoscaler:
             observed = current[tier]
             observation = TierObservation(observed.desired, observed.ready, reading)
             key = (namespace, name, tier)
-            state = self.states.get(key) or initial_state(observed.desired, now)
+            state = self.states.get(key)
+            if state is None:
+                state = initial_state(observed.desired, now)
+                metrics.start_scale_counters(*key)
             decisions[tier], self.states[key] = decide(observation, specs[tier], state, now)
         decisions = share_gpu_budget(decisions, specs, imd.spec.autoscaling.gpu_budget)
 
@@ -146,7 +149,9 @@ class Autoscaler:
         await asyncio.to_thread(
             self.cluster.scale_deployment, namespace, names.tier_name(name, tier), decision.replicas
         )
-        metrics.SCALE_PATCHES.labels(namespace, name, tier).inc()
+        metrics.SCALE_PATCHES.labels(
+            namespace, name, tier, decision.direction, decision.cause
+        ).inc()
         log.info("%s/%s %s: %s", namespace, name, tier, decision.reason)
         reason = "ScaledUp" if decision.direction == "up" else "ScaledDown"
         await asyncio.to_thread(

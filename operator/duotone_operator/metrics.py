@@ -37,11 +37,28 @@ SCALE_DECISIONS = Counter(
     [*_TIER, "direction", "held"],
 )
 SCALE_PATCHES = Counter(
-    "duotone_autoscaler_scale_patches", "Replica changes written through /scale.", [*_TIER]
+    "duotone_autoscaler_scale_patches",
+    "Replica changes written through /scale, by direction and cause (the dashboard's annotations).",
+    [*_TIER, "direction", "cause"],
 )
 SCALE_ERRORS = Counter(
     "duotone_autoscaler_errors", "Autoscaler ticks that failed to read or to act.", ["namespace"]
 )
+SCALE_CAUSES = {
+    "up": ("wake", "queue", "latency", "bounds"),
+    "down": ("budget", "idle", "bounds", "demand"),
+}
+"""The (direction, cause) pairs ScaleDecision.cause gives."""
+
+
+def start_scale_counters(namespace: str, imd: str, tier: str) -> None:
+    """Create a tier's scale counters at 0, so the first scale is an increase (a counter born
+    at 1 shows no increase() and the dashboard's scale annotation would miss it)."""
+    for direction, causes in SCALE_CAUSES.items():
+        for cause in causes:
+            SCALE_PATCHES.labels(namespace, imd, tier, direction, cause)
+
+
 REPLICAS_CURRENT = Gauge(
     "duotone_autoscaler_current_replicas", "The tier Deployment's spec.replicas.", _TIER
 )

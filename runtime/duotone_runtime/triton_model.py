@@ -81,6 +81,11 @@ class _Metrics:
             "Requests in execute now (queued ones are nv_inference_pending_request_count).",
             gauge,
         )
+        gpus = family(
+            "duotone_allocated_gpus",
+            "GPUs the tier spec gives this pod (resources.gpus); the cost panels divide by it.",
+            gauge,
+        )
         rejected = family(
             "duotone_requests_rejected_total",
             "Requests answered with an error, by reason (invalid, failed, cancelled).",
@@ -97,6 +102,7 @@ class _Metrics:
         self.batch_images = batch.Metric(labels=labels, buckets=BATCH_BUCKETS)
         self.batch_requests = requests.Metric(labels=labels, buckets=BATCH_BUCKETS)
         self.executing = executing.Metric(labels=labels)
+        self.allocated_gpus = gpus.Metric(labels=labels)
         self.rejected = {
             reason: rejected.Metric(labels={**labels, "reason": reason})
             for reason in ("invalid", "failed", "cancelled")
@@ -169,6 +175,7 @@ class TritonPythonModel:
             int(config["max_batch_size"]), self.tier.spec.limits.max_images_per_request
         )
         self.metrics = _Metrics({"model": args["model_name"], "tier": self.tier.name})
+        self.metrics.allocated_gpus.set(float(self.tier.spec.resources.gpus))
         defaults = self.tier.spec.defaults
         # One step at the default shape, so the first client does not pay for kernel setup.
         warmup = GenerationRequest(

@@ -9,6 +9,7 @@ leaves it running. Missing binaries are an error, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -175,10 +176,10 @@ def _binaries_or_fail(env: dict[str, str]) -> dict[str, str]:
             "the first time), or set KUBEBUILDER_ASSETS / DUOTONE_<BINARY> to existing ones.\n"
             + result.stderr.strip()
         )
-    return _parse_env_lines(result.stdout)
+    return parse_env_lines(result.stdout)
 
 
-def _parse_env_lines(text: str) -> dict[str, str]:
+def parse_env_lines(text: str) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
@@ -235,9 +236,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield existing
         return
 
-    cluster_dir = tmp_path_factory.mktemp("controlplane")
+    with control_plane(tmp_path_factory.mktemp("controlplane"), "duotone-test") as started:
+        yield started
+
+
+@contextlib.contextmanager
+def control_plane(cluster_dir: Path, name: str) -> Iterator[Cluster]:
+    """Start a fresh control plane (its own etcd and ports) in ``cluster_dir``; stop it after.
+
+    The session's ``cluster`` is one; a test that installs cluster-scoped objects it must own
+    (the Helm chart's CRD) starts another one (about 5 s)."""
+    env = dict(os.environ)
+    env.pop("KUBECONFIG", None)
+    binaries = _binaries_or_fail(env)
     env["DUOTONE_CLUSTER_DIR"] = str(cluster_dir)
-    env["DUOTONE_CLUSTER_NAME"] = "duotone-test"
+    env["DUOTONE_CLUSTER_NAME"] = name
     try:
         _run_script("cluster-up.sh", env)
         yield Cluster(kubeconfig=cluster_dir / "kubeconfig", binaries=binaries)

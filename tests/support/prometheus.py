@@ -29,6 +29,10 @@ class ScrapeTarget:
     address: str
     """host:port serving /metrics."""
     labels: Mapping[str, str]
+    """Target labels; `__meta_*` ones exist only for `relabel_configs`, as in service discovery."""
+    relabel_configs: Sequence[Mapping[str, Any]] = ()
+    honor_labels: bool = False
+    metrics_path: str = "/metrics"
 
 
 def prometheus_binary() -> str:
@@ -70,16 +74,24 @@ class Prometheus:
 
 
 def start_prometheus(
-    workdir: Path, targets: Sequence[ScrapeTarget], interval: str = "1s"
+    workdir: Path,
+    targets: Sequence[ScrapeTarget],
+    interval: str = "1s",
+    rule_files: Sequence[Path] = (),
 ) -> Prometheus:
-    """Start Prometheus scraping `targets`; returns once every target has been scraped."""
+    """Start Prometheus scraping `targets` (and evaluating `rule_files`); returns once every
+    target has been scraped."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [
             {
                 "job_name": f"target-{index}",
+                "honor_labels": t.honor_labels,
+                "metrics_path": t.metrics_path,
                 "static_configs": [{"targets": [t.address], "labels": dict(t.labels)}],
+                "relabel_configs": [dict(r) for r in t.relabel_configs],
             }
             for index, t in enumerate(targets)
         ],

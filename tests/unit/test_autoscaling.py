@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from duotone_operator.api.validation import parse_imd
+from duotone_operator.metrics import SCALE_CAUSES
 from duotone_operator.policy.autoscaling import (
     PANIC_HOLD_SECONDS,
     STALE_AFTER_SECONDS,
@@ -439,3 +440,48 @@ def test_state_is_a_value() -> None:
     metrics = TierMetrics(at=0, queued=8, executing=0)
     decide(TierObservation(1, 1, metrics), SPEC, state, 0)
     assert state == ScaleState()
+
+
+@pytest.mark.parametrize(
+    ("decision", "cause"),
+    [
+        pytest.param(ScaleDecision(1, 0, "r", queue_recommendation=1), "wake", id="up from zero"),
+        pytest.param(
+            ScaleDecision(3, 1, "r", queue_recommendation=3, latency_recommendation=2),
+            "queue",
+            id="up, queue recommendation larger",
+        ),
+        pytest.param(
+            ScaleDecision(3, 2, "r", queue_recommendation=3, latency_recommendation=3),
+            "queue",
+            id="up, a tie counts as queue",
+        ),
+        pytest.param(
+            ScaleDecision(4, 2, "r", queue_recommendation=1, latency_recommendation=4),
+            "latency",
+            id="up, latency recommendation larger",
+        ),
+        pytest.param(
+            ScaleDecision(3, 1, "r", queue_recommendation=1, latency_recommendation=0),
+            "bounds",
+            id="up to a raised min",
+        ),
+        pytest.param(
+            ScaleDecision(2, 4, "r", queue_recommendation=6, budget_limited=True),
+            "budget",
+            id="down, GPU budget",
+        ),
+        pytest.param(ScaleDecision(0, 1, "r", queue_recommendation=0), "idle", id="down to zero"),
+        pytest.param(
+            ScaleDecision(2, 4, "r", queue_recommendation=6), "bounds", id="down to a lowered max"
+        ),
+        pytest.param(
+            ScaleDecision(2, 4, "r", queue_recommendation=2), "demand", id="down after the window"
+        ),
+        pytest.param(ScaleDecision(2, 2, "r", queue_recommendation=2), "none", id="no change"),
+    ],
+)
+def test_each_scale_has_one_word_cause_for_dashboards(decision: ScaleDecision, cause: str) -> None:
+    assert decision.cause == cause
+    if cause != "none":
+        assert cause in SCALE_CAUSES[decision.direction]

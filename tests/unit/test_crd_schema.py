@@ -14,7 +14,7 @@ from duotone_operator.api import v1alpha1
 from duotone_operator.api.crd import build_crd
 from duotone_operator.api.rules import Rule, SpecModel
 from tests.support.crd_validation import CRDValidator
-from tests.support.manifests import CRD_PATH, ROOT, load_crd
+from tests.support.manifests import ROOT, load_crd
 
 CRD = load_crd()
 VERSION = CRD["spec"]["versions"][0]
@@ -34,8 +34,8 @@ def _nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str
 NODES = list(_nodes(SCHEMA))
 
 
-def _gen_crd_module() -> Any:
-    spec = importlib.util.spec_from_file_location("gen_crd", ROOT / "hack" / "gen-crd.py")
+def _generate_module() -> Any:
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "hack" / "generate.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -50,12 +50,14 @@ def test_committed_crd_is_what_the_models_generate() -> None:
 def test_check_mode_fails_on_a_hand_edited_crd(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    gen_crd = _gen_crd_module()
-    edited = tmp_path / "crd.yaml"
-    shutil.copy(CRD_PATH, edited)
-    assert gen_crd.main(["--check", "--path", str(edited)]) == 0
+    generate = _generate_module()
+    for relative in generate.GENERATED:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / relative, tmp_path / relative)
+    assert generate.main(["--check", "--root", str(tmp_path)]) == 0
+    edited = tmp_path / generate.CHART_CRD_FILE
     edited.write_text(edited.read_text().replace("maximum: 100\n", "maximum: 101\n", 1))
-    assert gen_crd.main(["--check", "--path", str(edited)]) == 1
+    assert generate.main(["--check", "--root", str(tmp_path)]) == 1
     assert "hand-edited" in capsys.readouterr().err
 
 

@@ -4,7 +4,7 @@ pydantic's JSON schema is close to a Kubernetes structural schema; this module c
 inline `$ref`s, turn `anyOf[X, null]` into an optional X, restore defaults pydantic leaves out
 for `default_factory` fields (in full, as the API server validates them as written), drop keywords
 Kubernetes refuses (`title`, `additionalProperties: false`, `propertyNames`), and attach the
-CEL rules. `hack/gen-crd.py` writes the result to `crds/`.
+CEL rules. `hack/generate.py` writes the result to `crds/`.
 """
 
 from __future__ import annotations

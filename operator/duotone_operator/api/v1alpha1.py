@@ -1,6 +1,6 @@
 """ImageModelDeployment, API version duotone.io/v1alpha1, as typed models.
 
-These models are the truth: `hack/gen-crd.py` generates the CRD in `crds/` from them, and the
+These models are the truth: `hack/generate.py` generates the CRD in `crds/` from them, and the
 operator and router parse resources with them. Field names are snake_case in Python and
 camelCase on the wire. Bounds sit on the fields; rules between fields are `Rule`s (CEL + Python).
 

@@ -39,6 +39,8 @@ STALE_AFTER_SECONDS = 30.0
 """Metrics older than this are treated as missing."""
 
 Direction = Literal["up", "down", "none"]
+Cause = Literal["wake", "queue", "latency", "bounds", "budget", "idle", "demand", "none"]
+"""One word for why a tier changed size (a bounded label for dashboards; `reason` has numbers)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,28 @@ class ScaleDecision:
         if self.replicas < self.current:
             return "down"
         return "none"
+
+    @property
+    def cause(self) -> Cause:
+        """Up: wake (from zero), queue or latency (the larger recommendation), bounds (min).
+        Down: budget (GPU budget), idle (to zero), bounds (max lowered) or demand (window)."""
+        queue, latency = self.queue_recommendation or 0, self.latency_recommendation or 0
+        if self.direction == "up":
+            if self.current == 0:
+                return "wake"
+            if self.replicas > max(queue, latency):
+                return "bounds"
+            return "latency" if latency > queue else "queue"
+        if self.direction == "down":
+            return self._down_cause(max(queue, latency))
+        return "none"
+
+    def _down_cause(self, wanted: int) -> Cause:
+        if self.budget_limited:
+            return "budget"
+        if self.replicas == 0:
+            return "idle"
+        return "bounds" if self.replicas < wanted else "demand"
 
 
 def _clamp(value: int, low: int, high: int) -> int:

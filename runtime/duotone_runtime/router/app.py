@@ -160,7 +160,7 @@ class Router:
             self.tiers.setdefault(tier, TierState(TierPool.empty(tier)))
         for tier in [t for t in self.tiers if t not in config.tiers]:
             self._close_later(list(self.tiers.pop(tier).pool.backends.values()))
-        self.metrics.efficient_percent.set(config.traffic.efficient_percent)
+        self.metrics.show_config(config)
         if self._discovery_task is not None and self._services() != services_before:
             self._restart_discovery()
 

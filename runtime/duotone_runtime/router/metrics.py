@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from duotone_runtime.router.config import RouterConfig
+
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3, 6, 10, 20, 40, 80, 160)
 """Seconds: from an efficient 64x64 image on CPU to a flagship 1024x1024 one under load."""
 
@@ -15,6 +17,7 @@ class RouterMetrics:
     """Everything the router exports; label `tier` is "none" for requests never routed."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _slo_tiers: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -96,3 +99,23 @@ class RouterMetrics:
             "Configured share of unnamed requests sent to the efficient tier.",
             registry=r,
         )
+        self.slo_p50 = Gauge(
+            "duotone_router_tier_slo_p50_latency_seconds",
+            "The tier's p50 latency objective (spec slo.p50LatencyMs), the dashboards' SLO line.",
+            ["tier"],
+            registry=r,
+        )
+
+    def show_config(self, config: RouterConfig) -> None:
+        """Export the routing table's settings; start each tier's pending gauge and overflow
+        counters at 0, so the dashboards read 0 rather than "no data" before the first one."""
+        self.efficient_percent.set(config.traffic.efficient_percent)
+        for gone in self._slo_tiers - set(config.tiers):
+            self.slo_p50.remove(gone)
+        self._slo_tiers = set(config.tiers)
+        for name, route in config.tiers.items():
+            self.slo_p50.labels(name).set(route.slo.p50_latency_ms / 1000)
+            self.pending.labels(name)
+            for other in config.tiers:
+                if other != name:
+                    self.overflows.labels(name, other)
