@@ -4,8 +4,9 @@
 #   - helm: built from its Go module (HELM_VERSION in hack/versions.env) into the binary cache;
 #   - prometheus-operator's CRDs: its Go module (PROMETHEUS_OPERATOR_VERSION) in the module cache.
 #
-# Usage: hack/install-tools.sh [--print-helm]
-#   --print-helm   install nothing; print the helm binary's path (empty if not built yet).
+# Usage: hack/install-tools.sh [--print-helm | --print-monitoring-crds]
+#   --print-helm             install nothing; print the helm binary's path (empty if not built yet).
+#   --print-monitoring-crds  print the folder holding prometheus-operator's CRD files.
 # DUOTONE_HELM overrides the helm binary.
 set -euo pipefail
 
@@ -15,10 +16,12 @@ source "${REPO_ROOT}/hack/versions.env"
 CACHE_ROOT="${DUOTONE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/duotone/bin}"
 HELM_BIN="${DUOTONE_HELM:-${CACHE_ROOT}/helm-${HELM_VERSION}/helm}"
 
-if [[ "${1:-}" == "--print-helm" ]]; then
-  [[ -x "$HELM_BIN" ]] && echo "$HELM_BIN"
-  exit 0
-fi
+case "${1:-}" in
+  --print-helm) [[ -x "$HELM_BIN" ]] && echo "$HELM_BIN"; exit 0 ;;
+  --print-monitoring-crds) ;;  # handled below, once the function is defined
+  "") ;;
+  *) echo "install-tools: unknown argument '$1'" >&2; exit 2 ;;
+esac
 
 install_prometheus() {
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
@@ -53,7 +56,8 @@ install_helm() {
   echo "helm installed: $HELM_BIN"
 }
 
-download_monitoring_crds() {
+# The folder of prometheus-operator's CRD files in the Go module cache (downloaded if missing).
+monitoring_crds_dir() {
   local dir
   dir=$(cd /tmp && go mod download -json \
     "github.com/prometheus-operator/prometheus-operator@v${PROMETHEUS_OPERATOR_VERSION}" \
@@ -62,9 +66,13 @@ download_monitoring_crds() {
     echo "could not download prometheus-operator v${PROMETHEUS_OPERATOR_VERSION} from the module proxy" >&2
     exit 1
   }
-  echo "prometheus-operator CRDs present: v${PROMETHEUS_OPERATOR_VERSION}"
+  echo "$dir/example/prometheus-operator-crd"
 }
 
+if [[ "${1:-}" == "--print-monitoring-crds" ]]; then
+  monitoring_crds_dir
+  exit 0
+fi
 install_prometheus
 install_helm
-download_monitoring_crds
+echo "prometheus-operator CRDs present: $(monitoring_crds_dir)"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from duotone_operator.policy.autoscaling import CAUSES_BY_DIRECTION
+
 RECONCILES = Counter(
     "duotone_operator_reconciles",
     "Reconciles of ImageModelDeployments by result (success, problem, error).",
@@ -44,17 +46,12 @@ SCALE_PATCHES = Counter(
 SCALE_ERRORS = Counter(
     "duotone_autoscaler_errors", "Autoscaler ticks that failed to read or to act.", ["namespace"]
 )
-SCALE_CAUSES = {
-    "up": ("wake", "queue", "latency", "bounds"),
-    "down": ("budget", "idle", "bounds", "demand"),
-}
-"""The (direction, cause) pairs ScaleDecision.cause gives."""
 
 
 def start_scale_counters(namespace: str, imd: str, tier: str) -> None:
     """Create a tier's scale counters at 0, so the first scale is an increase (a counter born
     at 1 shows no increase() and the dashboard's scale annotation would miss it)."""
-    for direction, causes in SCALE_CAUSES.items():
+    for direction, causes in CAUSES_BY_DIRECTION.items():
         for cause in causes:
             SCALE_PATCHES.labels(namespace, imd, tier, direction, cause)
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from tests.support.builders import imd
 from tests.support.cluster import Cluster, wait_for
 from tests.support.operator_process import OperatorProcess, wait_ready
 from tests.support.prometheus import Prometheus, ScrapeTarget, start_prometheus
+from tests.support.router_client import generate_status
 
 NAME = "sd"
 
@@ -112,19 +111,6 @@ def scene(cluster: Cluster, namespace: str, run_operator: Any, tmp_path: Path) -
         stack.stop()
 
 
-def _generate(url: str, body: dict[str, Any], timeout_s: float = 60) -> int:
-    request = urllib.request.Request(  # noqa: S310 - the local router's http URL
-        f"{url}/v1/images/generations",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-
-
 def _replicas(cluster: Cluster, namespace: str, tier: str) -> int:
     deployment = cluster.get_json("deployment", f"{NAME}-{tier}", f"--namespace={namespace}")
     return int(deployment["spec"]["replicas"])
@@ -156,7 +142,9 @@ def test_queue_depth_scales_a_tier_up_and_back_down(cluster: Cluster, scene: Sce
 
     def client() -> None:
         while not stop.is_set():
-            statuses.append(_generate(scene.router_url, {"prompt": "load", "tier": "efficient"}))
+            statuses.append(
+                generate_status(scene.router_url, {"prompt": "load", "tier": "efficient"})
+            )
 
     # Bounded load: 4 clients in a loop keep about 4 requests queued or running; at 2 per
     # replica that asks for 2 replicas (below the panic ratio, so no panic hold).
@@ -237,7 +225,7 @@ def test_a_request_waiting_in_the_router_wakes_a_tier_at_zero(
     with ThreadPoolExecutor(max_workers=1) as pool:
         # No flagship pod and no overflow: the router holds the request and counts it pending.
         waiting: Future[int] = pool.submit(
-            _generate, scene.router_url, {"prompt": "wake up", "tier": "flagship"}, 150
+            generate_status, scene.router_url, {"prompt": "wake up", "tier": "flagship"}, 150
         )
         _wait(
             scene,

@@ -30,12 +30,12 @@ from duotone_operator.api import parse_imd
 from duotone_operator.render.dashboard import build_dashboard
 from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
 from duotone_runtime.router.local import LocalStack
-from tests.e2e.test_autoscaler import _generate
 from tests.support.builders import imd
 from tests.support.cluster import Cluster, wait_for
 from tests.support.helm import only, render, write_rule_file
 from tests.support.operator_process import OperatorProcess, wait_ready
 from tests.support.prometheus import Prometheus, ScrapeTarget, start_prometheus
+from tests.support.router_client import generate_status
 
 NAME = "sd"
 OPERATOR_NAMESPACE = "duotone-system"
@@ -238,7 +238,7 @@ def test_every_dashboard_query_returns_data(scene: Scene, cluster: Cluster) -> N
 
     def client(tier: str) -> None:
         while not stop.is_set():
-            statuses.append(_generate(router.url, {"prompt": "dashboards", "tier": tier}))
+            statuses.append(generate_status(router.url, {"prompt": "dashboards", "tier": tier}))
 
     # Efficient: 4 clients keep ~4 requests in flight, twice its target of 2 per replica, so
     # the autoscaler scales it up (the annotation query needs a scale event). Flagship: one.

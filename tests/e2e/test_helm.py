@@ -10,10 +10,7 @@ rather than sharing the session's, where the CRD comes from crds/ directly.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
-from duotone_runtime.local import free_port
 from tests.support.cluster import Cluster, KubectlError, control_plane, wait_for
 from tests.support.helm import CHART, helm, monitoring_crd, values_args
-from tests.support.manifests import EXAMPLES_DIR, ROOT
-from tests.support.operator_process import OperatorProcess, wait_ready
+from tests.support.manifests import CRD_PATH, EXAMPLES_DIR
+from tests.support.operator_process import (
+    OperatorProcess,
+    start_operator,
+    token_kubeconfig,
+    wait_ready,
+)
 
 RELEASE = "duotone"
 SYSTEM = "duotone-system"
@@ -89,50 +90,21 @@ def _install(cluster: Cluster, chart: Path, values: dict[str, Any], workdir: Pat
     )
 
 
-def _token_kubeconfig(cluster: Cluster, account: str, path: Path) -> Path:
-    """A kubeconfig holding nothing but a token of the chart's ServiceAccount."""
-    token = cluster.service_account_token(SYSTEM, account, 3600)
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [{"name": "chart", "context": {"cluster": "local", "user": account}}],
-                "current-context": "chart",
-            }
-        )
-    )
-    return path
-
-
 def _run_installed_operator(cluster: Cluster, workdir: Path) -> OperatorProcess:
     """The operator as the chart's Deployment configures it (its environment and account),
     as a local process: kwok's pods run no containers."""
     deployment = cluster.get_json("deployment", RELEASE, f"--namespace={SYSTEM}")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
-    health, metrics = free_port(), free_port()
-    kubeconfig = _token_kubeconfig(cluster, pod["serviceAccountName"], workdir / "kubeconfig")
-    args = [
-        sys.executable,
-        "-m",
-        "duotone_operator",
-        *container.get("args", []),
-        f"--kubeconfig={kubeconfig}",
-        f"--health-port={health}",
-        f"--metrics-port={metrics}",
-        "--log-format=text",
-        "--autoscale-interval-seconds=0",
-    ]
-    log_path = workdir / "operator.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    return OperatorProcess(process, log_path, health, metrics, args)
+    kubeconfig = token_kubeconfig(
+        cluster, SYSTEM, pod["serviceAccountName"], workdir / "kubeconfig"
+    )
+    return start_operator(
+        kubeconfig,
+        workdir / "operator.log",
+        (*container.get("args", []), "--autoscale-interval-seconds=0"),
+        env={e["name"]: e["value"] for e in container["env"] if "value" in e},
+    )
 
 
 def _release_objects(cluster: Cluster) -> list[str]:
@@ -159,7 +131,7 @@ def _changed_chart(workdir: Path) -> Path:
     """A copy of the chart whose CRD gains a printer column (a schema change to roll out)."""
     chart = workdir / "chart-next"
     shutil.copytree(CHART, chart)
-    path = chart / "files" / "crds" / f"duotone.io_{CRD_NAME.split('.', maxsplit=1)[0]}.yaml"
+    path = chart / "files" / "crds" / CRD_PATH.name
     crd = yaml.safe_load(path.read_text())
     for version in crd["spec"]["versions"]:
         version["additionalPrinterColumns"].append(

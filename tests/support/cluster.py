@@ -176,10 +176,10 @@ def _binaries_or_fail(env: dict[str, str]) -> dict[str, str]:
             "the first time), or set KUBEBUILDER_ASSETS / DUOTONE_<BINARY> to existing ones.\n"
             + result.stderr.strip()
         )
-    return parse_env_lines(result.stdout)
+    return _parse_env_lines(result.stdout)
 
 
-def parse_env_lines(text: str) -> dict[str, str]:
+def _parse_env_lines(text: str) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.cluster import parse_env_lines
 from tests.support.manifests import ROOT
 
 CHART = ROOT / "charts" / "duotone"
@@ -99,25 +98,14 @@ def write_rule_file(values: Mapping[str, Any], workdir: Path) -> Path:
     return path
 
 
+@functools.cache
 def monitoring_crd(name: str) -> Path:
     """A prometheus-operator CRD (servicemonitors, prometheusrules) from its Go module."""
-    versions = parse_env_lines((ROOT / "hack" / "versions.env").read_text())
-    version = versions["PROMETHEUS_OPERATOR_VERSION"]
-    module = f"github.com/prometheus-operator/prometheus-operator@v{version}"
     result = subprocess.run(
-        ["go", "mod", "download", "-json", module],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd="/",
+        [str(INSTALL_TOOLS), "--print-monitoring-crds"], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
-        pytest.fail(f"prometheus-operator CRDs not available (run `make tools`): {result.stdout}")
-    path = (
-        Path(json.loads(result.stdout)["Dir"])
-        / "example"
-        / "prometheus-operator-crd"
-        / f"monitoring.coreos.com_{name}.yaml"
-    )
+        pytest.fail(f"prometheus-operator CRDs not available (run `make tools`): {result.stderr}")
+    path = Path(result.stdout.strip()) / f"monitoring.coreos.com_{name}.yaml"
     assert path.is_file(), path
     return path

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,20 +87,22 @@ def operator_kubeconfig(
         },
     ):
         apply(cluster, manifest)
-    token = cluster.service_account_token(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, 24 * 3600)
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    return token_kubeconfig(cluster, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, path)
+
+
+def token_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
+    """Write a kubeconfig that holds nothing but a token of this ServiceAccount (24 h)."""
+    token = cluster.service_account_token(namespace, account, 24 * 3600)
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    server = admin["clusters"][0]["cluster"]
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "local", "cluster": server}],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [
-            {"name": "operator", "context": {"cluster": "local", "user": OPERATOR_ACCOUNT}}
-        ],
+        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": account}}],
         "current-context": "operator",
     }
-    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
     path.write_text(yaml.safe_dump(kubeconfig))
     return path
 
@@ -123,6 +125,34 @@ class OperatorProcess:
         stop_process(self.process, timeout_s=30, first=signal.SIGKILL if kill else signal.SIGTERM)
 
 
+def start_operator(
+    kubeconfig: Path,
+    log_path: Path,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> OperatorProcess:
+    """`python -m duotone_operator` as this kubeconfig, on free health and metrics ports, with
+    a text log; `env` adds to (and overrides) this process's environment."""
+    health, metrics = free_port(), free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "duotone_operator",
+        *args,
+        f"--kubeconfig={kubeconfig}",
+        f"--health-port={health}",
+        f"--metrics-port={metrics}",
+        "--log-format=text",
+    ]
+    environment = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    environment.update(env or {})
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=ROOT
+        )
+    return OperatorProcess(process, log_path, health, metrics, argv)
+
+
 @pytest.fixture
 def run_operator(
     operator_kubeconfig: Path, tmp_path: Path
@@ -131,27 +161,16 @@ def run_operator(
     started: list[OperatorProcess] = []
 
     def start(*namespaces: str, extra: tuple[str, ...] = ()) -> OperatorProcess:
-        health, metrics = free_port(), free_port()
-        log_path = tmp_path / f"operator-{len(started)}.log"
-        args = [
-            sys.executable,
-            "-m",
-            "duotone_operator",
-            *(f"--namespace={n}" for n in namespaces),
-            f"--kubeconfig={operator_kubeconfig}",
-            f"--health-port={health}",
-            f"--metrics-port={metrics}",
-            "--log-format=text",
-            "--retry-base-seconds=1",
-            "--retry-max-seconds=4",
-            *extra,
-        ]
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-            )
-        operator = OperatorProcess(process, log_path, health, metrics, args)
+        operator = start_operator(
+            operator_kubeconfig,
+            tmp_path / f"operator-{len(started)}.log",
+            (
+                *(f"--namespace={n}" for n in namespaces),
+                "--retry-base-seconds=1",
+                "--retry-max-seconds=4",
+                *extra,
+            ),
+        )
         started.append(operator)
         return operator
 

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from duotone_operator.api.validation import parse_imd
-from duotone_operator.metrics import SCALE_CAUSES
 from duotone_operator.policy.autoscaling import (
+    CAUSES_BY_DIRECTION,
     PANIC_HOLD_SECONDS,
     STALE_AFTER_SECONDS,
     ScaleDecision,
@@ -484,4 +484,4 @@ def test_state_is_a_value() -> None:
 def test_each_scale_has_one_word_cause_for_dashboards(decision: ScaleDecision, cause: str) -> None:
     assert decision.cause == cause
     if cause != "none":
-        assert cause in SCALE_CAUSES[decision.direction]
+        assert cause in CAUSES_BY_DIRECTION[decision.direction]

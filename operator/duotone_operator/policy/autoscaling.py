@@ -41,6 +41,11 @@ STALE_AFTER_SECONDS = 30.0
 Direction = Literal["up", "down", "none"]
 Cause = Literal["wake", "queue", "latency", "bounds", "budget", "idle", "demand", "none"]
 """One word for why a tier changed size (a bounded label for dashboards; `reason` has numbers)."""
+CAUSES_BY_DIRECTION: dict[Direction, tuple[Cause, ...]] = {
+    "up": ("wake", "queue", "latency", "bounds"),
+    "down": ("budget", "idle", "bounds", "demand"),
+}
+"""Every cause `ScaleDecision.cause` gives for each direction."""
 
 
 @dataclass(frozen=True)
