@@ -107,8 +107,9 @@ class RouterMetrics:
         )
 
     def show_config(self, config: RouterConfig) -> None:
-        """Export the routing table's settings; start each tier's pending gauge and overflow
-        counters at 0, so the dashboards read 0 rather than "no data" before the first one."""
+        """Export the routing table's settings. Each tier's pending gauge, latency histogram and
+        overflow counters start at 0: a series born at its first value shows no rate() until
+        it changes again, so a tier's first burst would never reach its p50 or the SLO rules."""
         self.efficient_percent.set(config.traffic.efficient_percent)
         for gone in self._slo_tiers - set(config.tiers):
             self.slo_p50.remove(gone)
@@ -116,6 +117,7 @@ class RouterMetrics:
         for name, route in config.tiers.items():
             self.slo_p50.labels(name).set(route.slo.p50_latency_ms / 1000)
             self.pending.labels(name)
+            self.latency.labels(name)
             for other in config.tiers:
                 if other != name:
                     self.overflows.labels(name, other)
