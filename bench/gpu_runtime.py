@@ -357,7 +357,7 @@ def bench_model(args: argparse.Namespace, builds: list[Workload], workdir: Path)
             time_served(server, work, 1, args.warmup)
             for batch in batches:
                 images_per_s, p50 = time_served(server, work, batch, max(2 * batch, args.calls))
-                row("served (Triton, gRPC)", batch, images_per_s, p50)
+                row("served (gate + Triton, gRPC)", batch, images_per_s, p50)
         finally:
             server.terminate()
         pipeline.to(device)

@@ -2,10 +2,12 @@
 
 Serves `builtin://tiny` on CPU with the real launcher and tritonserver, then compares:
 - naive: the same pipeline loaded in this process, called one request at a time (PNG included);
-- served: gRPC clients at concurrency 1, 4 and 8 against Triton's dynamic batcher.
+- served: gRPC clients at concurrency 1, 4 and 8 against Triton's dynamic batcher, through the
+  pod's port (the drain gate in front of tritonserver);
+- direct: the same clients straight to tritonserver's loopback port, without the gate.
 The modes are interleaved in rounds (naive, c=1, c=4, c=8, naive, ...) so that load from other
 processes on a shared machine hits all of them alike. Prints images/s, p50/p95 latency, the mean
-batch Triton formed, and the ratio to naive.
+batch Triton formed, the ratio to naive, and the gate's cost (served vs direct).
 
     .venv/bin/python bench/runtime.py                      # a few minutes on 2 cores
     .venv/bin/python bench/runtime.py --rounds 8 --width 128 --height 128
@@ -127,13 +129,14 @@ class Naive:
 
 
 def measure_served(
-    args: argparse.Namespace, server: LocalServer, into: Measurement, count: int
+    args: argparse.Namespace, server: LocalServer, into: Measurement, count: int, url: str
 ) -> None:
-    """`count` requests from `into.concurrency` gRPC clients, each waiting for its answer."""
+    """`count` requests from `into.concurrency` gRPC clients to `url`, each waiting for its
+    answer."""
     errors: list[BaseException] = []
     lock = threading.Lock()
     numbers = iter(range(count))
-    clients = [grpcclient.InferenceServerClient(server.grpc_url) for _ in range(into.concurrency)]
+    clients = [grpcclient.InferenceServerClient(url) for _ in range(into.concurrency)]
 
     def worker(client: Any) -> None:
         try:
@@ -167,6 +170,21 @@ def measure_served(
     into.inferences += server.metric("nv_inference_count") - inferences
 
 
+def round_trips(urls: dict[str, str], count: int = 200) -> dict[str, float]:
+    """Median ms of `ServerReady` (no model work) per URL, the URLs alternated call by call."""
+    clients = {name: grpcclient.InferenceServerClient(url) for name, url in urls.items()}
+    latencies: dict[str, list[float]] = {name: [] for name in urls}
+    for i in range(count):
+        order = list(clients.items()) if i % 2 else list(reversed(clients.items()))
+        for name, client in order:
+            t0 = time.perf_counter()
+            client.is_server_ready()
+            latencies[name].append(time.perf_counter() - t0)
+    for client in clients.values():
+        client.close()
+    return {name: 1000 * statistics.median(values) for name, values in latencies.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
@@ -183,7 +201,8 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
 
     naive_row = Measurement("naive (direct, batch 1)", 1)
-    served_rows = [Measurement("served (Triton, gRPC)", c) for c in levels]
+    served_rows = [Measurement("served (gate + Triton, gRPC)", c) for c in levels]
+    direct_rows = [Measurement("direct (Triton's own port)", c) for c in levels]
     with tempfile.TemporaryDirectory(prefix="duotone-bench-") as tmp:
         server = LocalServer(
             Path(tmp) / "server",
@@ -196,12 +215,15 @@ def main() -> int:
             naive = Naive(args, Path(tmp) / "cache")
             for i in range(args.warmup):
                 naive.one(-1 - i)
-            measure_served(args, server, Measurement("warm-up", 1), args.warmup)
+            direct_url = f"127.0.0.1:{server.triton_grpc_port}"
+            measure_served(args, server, Measurement("warm-up", 1), args.warmup, server.grpc_url)
             for number in range(args.rounds):
                 print(f"round {number + 1}/{args.rounds}", flush=True)
                 naive.measure(naive_row, args.per_round)
-                for row in served_rows:
-                    measure_served(args, server, row, args.per_round)
+                for served, direct in zip(served_rows, direct_rows, strict=True):
+                    measure_served(args, server, served, args.per_round, server.grpc_url)
+                    measure_served(args, server, direct, args.per_round, direct_url)
+            trips = round_trips({"gate": server.grpc_url, "direct": direct_url})
         finally:
             server.terminate()
 
@@ -213,8 +235,23 @@ def main() -> int:
     )
     print("| mode | concurrency | images/s | p50 ms | p95 ms | mean batch | vs naive |")
     print("|---|---|---|---|---|---|---|")
-    for row in [naive_row, *served_rows]:
+    for row in [naive_row, *served_rows, *direct_rows]:
         print(row.row(naive_row))
+    print("\nThe drain gate's cost (served / direct; 1.00 = none):\n")
+    print("| concurrency | images/s | p50 | p95 |")
+    print("|---|---|---|---|")
+    for served, direct in zip(served_rows, direct_rows, strict=True):
+        print(
+            f"| {served.concurrency} | "
+            f"{(served.requests / served.wall) / (direct.requests / direct.wall):.2f} | "
+            f"{statistics.median(served.latencies) / statistics.median(direct.latencies):.2f} | "
+            f"{percentile(served.latencies, 0.95) / percentile(direct.latencies, 0.95):.2f} |"
+        )
+    print(
+        "\ngRPC ServerReady round trip (no model work), median of 200: "
+        f"gate {trips['gate']:.2f} ms, direct {trips['direct']:.2f} ms "
+        f"({trips['gate'] - trips['direct']:+.2f} ms per call)"
+    )
     return 0
 
 

@@ -3,12 +3,15 @@
     duotone-runtime serve --config /etc/duotone/tier.json
     duotone-runtime serve --tier efficient --model-source builtin://tiny --device cpu
 
-Flags override the tier file. `--dry-run` writes the repository and prints the command.
+Flags override the tier file. tritonserver runs as a child on loopback ports behind the drain
+gate, which serves `--http-port` and `--grpc-port` (see gate.py). `--dry-run` writes the
+repository and prints the server command.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shlex
 import sys
@@ -17,10 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from duotone_runtime import protocol
+from duotone_runtime.gate import Listen, Upstream, supervise
 from duotone_runtime.launcher import (
+    LOOPBACK,
     ServeOptions,
     TritonNotFoundError,
     find_tritonserver,
+    free_port,
     prepare,
     server_environment,
 )
@@ -37,7 +43,9 @@ from duotone_runtime.settings import (
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duotone-runtime", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="write the model repository and exec tritonserver")
+    serve = commands.add_parser(
+        "serve", help="write the model repository and run tritonserver behind the drain gate"
+    )
     serve.add_argument("--config", type=Path, help="tier.json rendered by the operator")
     serve.add_argument("--tier", choices=("efficient", "flagship"), help="tier name")
     serve.add_argument("--model-source", help="pvc://, hf://, file:/// or builtin://tiny")
@@ -49,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument(
+        "--triton-http-port", type=int, default=0, help="tritonserver's own, on 127.0.0.1 (0: free)"
+    )
+    serve.add_argument(
+        "--triton-grpc-port", type=int, default=0, help="tritonserver's own, on 127.0.0.1 (0: free)"
+    )
     serve.add_argument("--exit-timeout-secs", type=int, default=30)
     serve.add_argument(
         "--tritonserver",
@@ -68,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--instances", type=int, default=1, help="model instances")
     serve.add_argument("--log-verbose", type=int, default=0)
-    serve.add_argument("--dry-run", action="store_true", help="print the command, do not exec")
+    serve.add_argument("--dry-run", action="store_true", help="print the command, do not run")
     return parser
 
 
@@ -100,6 +114,8 @@ def serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
+        triton_http_port=args.triton_http_port or free_port(),
+        triton_grpc_port=args.triton_grpc_port or free_port(),
         exit_timeout_secs=args.exit_timeout_secs,
         pvc_root=args.pvc_root,
         cache_dir=args.cache_dir or workdir / "cache",
@@ -114,7 +130,11 @@ def serve(args: argparse.Namespace) -> int:
     print(f"duotone-runtime: tritonserver from {install.origin}: {shlex.join(command)}", flush=True)
     if args.dry_run:
         return 0
-    os.execve(command[0], command, env)  # noqa: S606 - replaces this process on purpose
+    listen = Listen(args.address, args.http_port, args.grpc_port)
+    upstream = Upstream(
+        f"{LOOPBACK}:{options.triton_http_port}", f"{LOOPBACK}:{options.triton_grpc_port}"
+    )
+    return asyncio.run(supervise(command, env, listen, upstream))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

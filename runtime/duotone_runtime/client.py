@@ -23,7 +23,8 @@ ImageRequest = RawRequest
 """A request as a client sends it: the same record the model validates (None: tier default)."""
 
 
-def _inputs(module: Any, request: ImageRequest) -> list[Any]:
+def client_inputs(module: Any, request: ImageRequest) -> list[Any]:
+    """`request` as `module`'s InferInput list (module: tritonclient.http or tritonclient.grpc)."""
     inputs = []
     for spec, value in request.values().items():
         array = protocol.input_array(spec, value)
@@ -35,7 +36,8 @@ def _inputs(module: Any, request: ImageRequest) -> list[Any]:
     return inputs
 
 
-def _pngs(result: Any) -> list[bytes]:
+def pngs(result: Any) -> list[bytes]:
+    """The PNG files of an inference result."""
     images = result.as_numpy(protocol.IMAGES)
     return [bytes(image) for image in images.reshape(-1)]
 
@@ -45,7 +47,7 @@ def generate_http(
 ) -> list[bytes]:
     """One request through `tritonclient.http.InferenceServerClient`; raises its error."""
     outputs = [httpclient.InferRequestedOutput(protocol.IMAGES, binary_data=True)]
-    return _pngs(client.infer(model, _inputs(httpclient, request), outputs=outputs))
+    return pngs(client.infer(model, client_inputs(httpclient, request), outputs=outputs))
 
 
 def generate_grpc(
@@ -53,7 +55,7 @@ def generate_grpc(
 ) -> list[bytes]:
     """One request through `tritonclient.grpc.InferenceServerClient`; raises its error."""
     outputs = [grpcclient.InferRequestedOutput(protocol.IMAGES)]
-    return _pngs(client.infer(model, _inputs(grpcclient, request), outputs=outputs))
+    return pngs(client.infer(model, client_inputs(grpcclient, request), outputs=outputs))
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")

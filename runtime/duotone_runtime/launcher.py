@@ -1,7 +1,9 @@
-"""Launching tritonserver for one tier: model repository, binary, backend, environment, exec.
+"""Launching tritonserver for one tier: model repository, binary, backend, environment, command.
 
-The launcher `exec`s tritonserver, so the pod's main process *is* the server and receives
-SIGTERM directly; `--exit-timeout-secs` then bounds how long in-flight requests may finish.
+tritonserver listens on loopback ports behind the drain gate (`gate.py`), which serves the
+pod's HTTP and gRPC ports; its metrics port is the pod's own. On SIGTERM the gate refuses new
+requests and forwards the signal; `--exit-timeout-secs` bounds how long in-flight requests
+may finish.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import sys
 import sysconfig
 import uuid
@@ -55,12 +58,25 @@ class ServeOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    triton_http_port: int = 0
+    """tritonserver's own HTTP port on 127.0.0.1, behind the gate (0: any free port)."""
+    triton_grpc_port: int = 0
     exit_timeout_secs: int = 30
     pvc_root: Path = Path("/models")
     cache_dir: Path = Path("/tmp/duotone")  # noqa: S108 - an emptyDir in the pod
     batch_invariant: bool = False
     instance_count: int = 1
     log_verbose: int = 0
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 def _layout(binary: Path, origin: str) -> TritonInstall:
@@ -175,10 +191,10 @@ def server_command(
         "--model-control-mode=none",
         "--strict-readiness=true",
         "--disable-auto-complete-config",
-        f"--http-address={options.address}",
-        f"--http-port={options.http_port}",
-        f"--grpc-address={options.address}",
-        f"--grpc-port={options.grpc_port}",
+        f"--http-address={LOOPBACK}",
+        f"--http-port={options.triton_http_port}",
+        f"--grpc-address={LOOPBACK}",
+        f"--grpc-port={options.triton_grpc_port}",
         f"--metrics-address={options.address}",
         f"--metrics-port={options.metrics_port}",
         "--allow-metrics=true",

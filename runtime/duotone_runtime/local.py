@@ -1,7 +1,8 @@
 """A runtime server as a local process on loopback ports (tests, benchmarks, demos).
 
-`LocalServer(workdir, tier_document).start()` runs `python -m duotone_runtime serve` (which
-execs tritonserver), waits for readiness by polling with a deadline, and stops it with SIGTERM.
+`LocalServer(workdir, tier_document).start()` runs `python -m duotone_runtime serve` (the drain
+gate and its tritonserver), waits for readiness by polling with a deadline, and stops it with
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,13 +23,7 @@ from typing import Any
 
 from duotone_runtime import protocol
 from duotone_runtime.client import Sample, metric_sum, scrape_metrics
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from duotone_runtime.launcher import free_port
 
 
 def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
@@ -79,7 +73,7 @@ class ServerExitedError(RuntimeError):
 
 @dataclass
 class LocalServer:
-    """One `duotone-runtime serve` process (tritonserver after exec)."""
+    """One `duotone-runtime serve` process: the gate on the public ports, tritonserver behind."""
 
     workdir: Path
     tier: dict[str, Any]
@@ -89,6 +83,9 @@ class LocalServer:
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    triton_http_port: int = field(default_factory=free_port)
+    """tritonserver's own ports behind the gate (benchmarks compare the two paths)."""
+    triton_grpc_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -121,6 +118,8 @@ class LocalServer:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
+            f"--triton-http-port={self.triton_http_port}",
+            f"--triton-grpc-port={self.triton_grpc_port}",
             f"--exit-timeout-secs={self.exit_timeout_secs}",
             *self.extra_args,
         ]

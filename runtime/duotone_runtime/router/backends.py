@@ -55,6 +55,7 @@ _CONNECT_MARKERS = (
     "name resolution",
     "dns resolution",
     "no route to host",
+    "shutting down",  # the drain gate of a pod that got SIGTERM: the request never ran there
 )
 
 
@@ -63,7 +64,8 @@ def classify(status: str, detail: str) -> Failure:
 
     Triton answers a full queue with UNAVAILABLE "Exceeds maximum queue size" and a request
     whose queue timeout expired with UNAVAILABLE "Request timeout expired"; gRPC reports a pod
-    that cannot be reached as UNAVAILABLE "failed to connect to all addresses". A connection
+    that cannot be reached as UNAVAILABLE "failed to connect to all addresses", and a pod
+    draining after SIGTERM refuses new work with UNAVAILABLE "... shutting down ...". A connection
     that drops after the request was sent ("Socket closed") is OTHER: the pod may have started
     the work, so it is not retried.
     """

@@ -18,11 +18,11 @@ from typing import Any
 from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName
 from duotone_operator.render.router import routing_table
 from duotone_operator.render.tier import TIER_CONFIG_FILE, tier_config
+from duotone_runtime.launcher import free_port
 from duotone_runtime.local import (
     LocalServer,
     ServerExitedError,
     answers_ok,
-    free_port,
     stop_process,
     wait_until,
 )

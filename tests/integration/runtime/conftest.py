@@ -18,10 +18,7 @@ import tritonclient.http as httpclient  # type: ignore[import-untyped]
 from PIL import Image
 
 from duotone_runtime import local
-from duotone_runtime.client import (
-    ImageRequest,
-    generate_grpc,
-)
+from duotone_runtime.client import ImageRequest, generate_grpc, generate_http
 from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
 
 STARTUP_DEADLINE_S = 180.0
@@ -92,11 +89,19 @@ def png_size(data: bytes) -> tuple[int, int]:
         return image.size
 
 
-def send_grpc(server: RuntimeServer, request: ImageRequest) -> list[bytes] | Exception:
-    """One request on its own gRPC connection; the error is returned, not raised."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+def send(
+    server: RuntimeServer, request: ImageRequest, via: str = "grpc"
+) -> list[bytes] | Exception:
+    """One request on its own connection (`via` "grpc" or "http"); the error is returned, not
+    raised."""
+    if via == "grpc":
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        generate = generate_grpc
+    else:
+        client = httpclient.InferenceServerClient(server.http_url)
+        generate = generate_http
     try:
-        return generate_grpc(client, request)
+        return generate(client, request)
     except Exception as error:
         return error
     finally:

@@ -1,21 +1,28 @@
-"""Back-pressure and graceful shutdown, each on its own real tritonserver."""
+"""Back-pressure and graceful shutdown, each on its own real tritonserver (behind the gate)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
+from duotone_runtime import protocol
 from duotone_runtime.client import ImageRequest
+from duotone_runtime.local import answers_ok
+from duotone_runtime.router.backends import Failure, classify
 from tests.integration.runtime.conftest import (
     RuntimeServer,
     full,
     png_size,
-    send_grpc,
+    send,
     tiny_tier,
     wait_until,
 )
@@ -36,7 +43,7 @@ class InFlight:
         self._thread.start()
 
     def _run(self, server: RuntimeServer, request: ImageRequest) -> None:
-        self.result = send_grpc(server, request)
+        self.result = send(server, request)
         self.finished_at = time.monotonic()
 
     def running(self) -> bool:
@@ -75,7 +82,7 @@ def test_full_queue_rejects_at_once_and_stale_requests_never_run(
         "the second request to wait in the queue",
     )
 
-    rejected = [send_grpc(server, full(f"overflow {i}")) for i in range(3)]
+    rejected = [send(server, full(f"overflow {i}")) for i in range(3)]
     assert running.running(), "the rejections should come back while the first request runs"
     for result in rejected:
         assert isinstance(result, Exception)
@@ -91,18 +98,18 @@ def test_full_queue_rejects_at_once_and_stale_requests_never_run(
     assert "timeout" in str(stale).lower(), stale
     assert server.metric("duotone_images_generated_total") == 2
     assert server.is_ready()
-    (image,) = send_grpc(server, full("after the storm"))  # type: ignore[misc]
+    (image,) = send(server, full("after the storm"))  # type: ignore[misc]
     assert png_size(image) == (64, 64)
 
 
-def test_sigterm_drops_readiness_finishes_in_flight_requests_and_exits(
+def test_sigterm_refuses_new_requests_finishes_in_flight_ones_and_exits(
     start_server: Callable[..., RuntimeServer],
 ) -> None:
     exit_timeout = 60
     work = full("in flight", steps=8, width=128, height=128)
     server = start_server("shutdown", tiny_tier(max_batch_size=2), exit_timeout_secs=exit_timeout)
-    in_flight = [start_and_wait_executing(server, work)]
-    in_flight.append(InFlight(server, work))
+    running = start_and_wait_executing(server, work)
+    queued = InFlight(server, work)
     wait_until(
         lambda: server.metric("nv_inference_pending_request_count") == 1,
         10,
@@ -112,19 +119,53 @@ def test_sigterm_drops_readiness_finishes_in_flight_requests_and_exits(
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     # Readiness (server and model) drops at once, so the pod leaves the Service's endpoints and
-    # the router's pool and no new request is routed here during the drain.
+    # the router's pool.
     wait_until(lambda: not server.is_ready(), 10, "readiness to drop after SIGTERM")
-    wait_until(lambda: not server.model_is_ready(), 10, "the model to report not ready")
+    assert not server.model_is_ready()
+    probe = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        assert not probe.is_server_ready()
+        assert not probe.is_model_ready(protocol.DEFAULT_MODEL_NAME)
+        # Draining is not hanging: liveness holds, so the kubelet does not restart the pod.
+        assert probe.is_server_live()
+    finally:
+        probe.close()
+    assert answers_ok(f"http://{server.http_url}/v2/health/live")
 
-    # Triton itself still serves a request that reaches it during the drain (it does not refuse
-    # it): it must be answered whole or refused cleanly, never hang past the exit.
-    late = send_grpc(server, full("too late"))
-    assert isinstance(late, Exception) or png_size(late[0]) == (64, 64), late
+    # A request that still arrives is refused at once, over either protocol, with a message
+    # the router recognises as "try another pod"; it never reaches the model.
+    late_grpc = send(server, full("too late"))
+    assert isinstance(late_grpc, InferenceServerException), late_grpc
+    assert late_grpc.status() == "StatusCode.UNAVAILABLE", late_grpc
+    assert classify(late_grpc.status(), late_grpc.message()) is Failure.CONNECT, late_grpc
+    late_http = send(server, full("too late"), via="http")
+    assert isinstance(late_http, InferenceServerException), late_http
+    assert "shutting down" in str(late_http.message()), late_http
+    assert queued.running(), "the refusals must come back while the queued request waits"
 
-    for flight in in_flight:
+    # Both requests accepted before the signal, the running one and the queued one, complete.
+    for flight in (running, queued):
         result = flight.join()
         assert isinstance(result, list), result
         assert png_size(result[0]) == (128, 128)
     process.wait(timeout=exit_timeout + 10)
     assert time.monotonic() - signalled < exit_timeout + 5
     assert process.returncode == 0, server.log_tail()
+    assert "2 requests refused while draining" in server.log_tail(), server.log_tail()
+    # Triton's own log: the model drained and unloaded before the exit.
+    assert "successfully unloaded" in server.log_tail(200), server.log_tail()
+
+
+def test_the_gate_exits_with_tritonserver_when_it_dies(
+    start_server: Callable[..., RuntimeServer],
+) -> None:
+    """A crashed server must restart the pod, not leave a gate answering "not reachable"."""
+    server = start_server("crash", tiny_tier())
+    process: Any = server.process
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(children) == 1, children  # tritonserver (its stubs are its own children)
+    triton = int(children[0])
+    assert Path(f"/proc/{triton}/cmdline").read_bytes().split(b"\0")[0].endswith(b"tritonserver")
+    os.kill(triton, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == 128 + signal.SIGKILL, server.log_tail()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
-from duotone_runtime.client import ImageRequest, generate_grpc, generate_http
-from tests.integration.runtime.conftest import RuntimeServer, full, png_size, send_grpc, wait_until
+from duotone_runtime import protocol
+from duotone_runtime.client import ImageRequest, client_inputs, generate_grpc, generate_http, pngs
+from tests.integration.runtime.conftest import RuntimeServer, full, png_size, send, wait_until
 
 pytestmark = pytest.mark.integration
 
-BUSY = ImageRequest("keeps the instance busy", steps=8, width=128, height=128, num_images=2)
+BUSY = ImageRequest("keeps the instance busy", steps=8, width=128, height=128, num_images=4)
 """Seconds of work on CPU: requests sent meanwhile queue up and form one batch after it.
 
 Triton batches only requests that carry the same set of inputs, so each burst below sends the
@@ -26,7 +29,7 @@ def concurrently(
     server: RuntimeServer, requests: Sequence[ImageRequest]
 ) -> list[list[bytes] | Exception]:
     with ThreadPoolExecutor(len(requests)) as pool:
-        return list(pool.map(lambda r: send_grpc(server, r), requests))
+        return list(pool.map(lambda r: send(server, r), requests))
 
 
 def one_batch_after_busy(
@@ -43,7 +46,7 @@ def one_batch_after_busy(
     )
     started = server.metric("duotone_execute_batch_requests_count")
     busy: list[Any] = []
-    worker = threading.Thread(target=lambda: busy.append(send_grpc(server, BUSY)))
+    worker = threading.Thread(target=lambda: busy.append(send(server, BUSY)))
     worker.start()
     wait_until(
         lambda: server.metric("duotone_execute_batch_requests_count") > started,
@@ -98,6 +101,27 @@ def test_same_seed_same_bytes_over_http_and_grpc(http_client: Any, grpc_client: 
     assert generate_http(http_client, request) == first
     assert generate_grpc(grpc_client, request) == first
     assert generate_grpc(grpc_client, ImageRequest(request.prompt, seed=43)) != first
+
+
+def test_streaming_grpc_passes_the_gate_with_the_same_bytes(grpc_client: Any) -> None:
+    """ModelStreamInfer, the gate's other forwarding path, gives what ModelInfer gives."""
+    request = ImageRequest("a lighthouse at dusk", seed=42, width=64, height=64)
+    results: queue.Queue[Any] = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: results.put(error or result))
+    try:
+        for _ in range(2):
+            grpc_client.async_stream_infer(
+                protocol.DEFAULT_MODEL_NAME,
+                client_inputs(grpcclient, request),
+                outputs=[grpcclient.InferRequestedOutput(protocol.IMAGES)],
+            )
+        streamed = [results.get(timeout=60) for _ in range(2)]
+    finally:
+        grpc_client.stop_stream()
+    expected = generate_grpc(grpc_client, request)
+    for result in streamed:
+        assert not isinstance(result, Exception), result
+        assert pngs(result) == expected
 
 
 def test_defaults_fill_omitted_inputs(grpc_client: Any) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from duotone_operator.api.v1alpha1 import RequestDefaults, RequestLimits, SLOSpec
 from duotone_operator.policy.ratelimit import TokenBucket, take
 from duotone_operator.render.endpoints import addresses_from_slices
+from duotone_runtime.gate import REFUSED
 from duotone_runtime.router.backends import Failure, classify
 from duotone_runtime.router.config import ConfigError, TierRoute, parse_static_backends
 from duotone_runtime.router.images import (
@@ -226,6 +227,12 @@ def test_unknown_model_is_404_model_not_found() -> None:
             "Connection refused",
             Failure.CONNECT,
             id="connection refused",
+        ),
+        pytest.param(
+            "StatusCode.UNAVAILABLE",
+            REFUSED,
+            Failure.CONNECT,
+            id="draining pod refused it: try another",
         ),
         pytest.param(
             "StatusCode.UNAVAILABLE",

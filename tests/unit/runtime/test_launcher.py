@@ -32,6 +32,8 @@ OPTIONS = ServeOptions(
     http_port=18000,
     grpc_port=18001,
     metrics_port=18002,
+    triton_http_port=19000,
+    triton_grpc_port=19001,
     exit_timeout_secs=25,
 )
 
@@ -44,10 +46,12 @@ OPTIONS = ServeOptions(
         pytest.param("--strict-readiness=true", id="ready means the model is loaded"),
         pytest.param("--metrics-config=summary_latencies=true", id="latency quantiles"),
         pytest.param("--exit-timeout-secs=25", id="graceful exit timeout"),
-        pytest.param("--http-port=18000", id="http port"),
-        pytest.param("--grpc-port=18001", id="grpc port"),
+        pytest.param("--http-port=19000", id="http port behind the gate"),
+        pytest.param("--grpc-port=19001", id="grpc port behind the gate"),
+        pytest.param("--http-address=127.0.0.1", id="http on loopback only"),
+        pytest.param("--grpc-address=127.0.0.1", id="grpc on loopback only"),
         pytest.param("--metrics-port=18002", id="metrics port"),
-        pytest.param("--http-address=127.0.0.1", id="listen address"),
+        pytest.param("--metrics-address=127.0.0.1", id="metrics on the listen address"),
         pytest.param("--allow-gpu-metrics=false", id="no GPU metrics on cpu"),
     ],
 )
@@ -55,6 +59,14 @@ def test_server_command_has(flag: str) -> None:
     command = server_command(OPTIONS, Path("/bin/tritonserver"), Path("/repo"), Path("/backends"))
     assert command[0] == "/bin/tritonserver"
     assert flag in command
+
+
+def test_triton_never_listens_on_the_public_http_or_grpc_ports() -> None:
+    public = ServeOptions(tier=OPTIONS.tier, device="cpu", triton_http_port=1, triton_grpc_port=2)
+    command = server_command(public, Path("/t"), Path("/r"), Path("/b"))
+    assert "--http-address=127.0.0.1" in command
+    assert "--metrics-address=0.0.0.0" in command
+    assert not {"--http-port=8000", "--grpc-port=8001"} & set(command)
 
 
 def test_each_server_gets_its_own_shared_memory_prefix() -> None:
