@@ -358,7 +358,7 @@ async def supervise(
         await front.close()
     print(
         f"duotone-runtime: tritonserver exited with {returncode}; "
-        f"{gate.refused} requests refused while draining",
+        f"requests refused while draining: {gate.refused}",
         file=sys.stderr,
         flush=True,
     )

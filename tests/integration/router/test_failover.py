@@ -1,8 +1,10 @@
-"""A tier pod dies under load: requests it never accepted are retried on the other pod."""
+"""A tier pod dies or drains under load: requests it never accepted are retried on the other
+pod; a draining pod (SIGTERM) finishes what it had accepted, so nothing fails."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -19,9 +21,9 @@ from tests.integration.router.conftest import (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """Two efficient pods behind a router (no flagship)."""
+    """Two efficient pods behind a router (no flagship); a fresh pair for each test."""
     builder = tiny_imd("pair")
     builder._spec["tiers"].pop("flagship")
     builder._spec.pop("traffic")
@@ -32,25 +34,44 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         started.stop()
 
 
-def test_killing_a_pod_under_load_fails_only_what_it_had_accepted(pair: LocalStack) -> None:
+async def load_and_signal(
+    pair: LocalStack, signum: signal.Signals, concurrency: int
+) -> tuple[list[Answer], float]:
+    """120 requests at `concurrency`; `signum` to the first pod once it has served 5. Returns
+    the answers and when the signal was sent."""
     assert pair.router is not None
     victim = pair.servers["efficient"][0]
+    load = asyncio.create_task(
+        post_many(pair.router.url, [{"prompt": f"k{i}"} for i in range(120)], concurrency)
+    )
+    while victim.metric("nv_inference_request_success") < 5:
+        await asyncio.sleep(0.05)
     assert victim.process is not None
+    victim.process.send_signal(signum)
+    signalled = time.monotonic()
+    return await load, signalled
+
+
+def test_draining_a_pod_under_load_fails_nothing(pair: LocalStack) -> None:
+    victim, survivor = pair.servers["efficient"]
+    answers, _ = asyncio.run(load_and_signal(pair, signal.SIGTERM, concurrency=6))
+    # In-flight and queued requests finish on the draining pod; new ones it refuses
+    # ("shutting down") or, once it has exited, cannot be reached: both are retried elsewhere.
+    assert [(a.status, a.body) for a in answers if a.status != 200] == []
+    assert victim.process is not None
+    assert victim.process.wait(timeout=60) == 0, victim.log_tail()
+    # The router did send it new work while it drained, and its gate refused that work.
+    refused = re.search(r"requests refused while draining: (\d+)", victim.log_tail(400))
+    assert refused is not None, victim.log_tail()
+    assert int(refused.group(1)) >= 1, refused.group(0)
+    assert router_metric(pair, "duotone_router_backend_retries_total", tier="efficient") >= 1
+    assert survivor.metric("nv_inference_request_success") > 0
+
+
+def test_killing_a_pod_under_load_fails_only_what_it_had_accepted(pair: LocalStack) -> None:
     concurrency = 6
-
-    async def scenario() -> tuple[list[Answer], float]:
-        load = asyncio.create_task(
-            post_many(pair.router.url, [{"prompt": f"k{i}"} for i in range(120)], concurrency)  # type: ignore[union-attr]
-        )
-        # Kill once the victim is serving (its Triton counted successes), mid-load.
-        while victim.metric("nv_inference_request_success") < 5:
-            await asyncio.sleep(0.05)
-        assert victim.process is not None
-        victim.process.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        return await load, killed
-
-    answers, killed = asyncio.run(scenario())
+    # Kill once the victim is serving (its Triton counted successes), mid-load.
+    answers, killed = asyncio.run(load_and_signal(pair, signal.SIGKILL, concurrency))
     failed = [a for a in answers if a.status != 200]
     # Only requests already sent to the victim when it died may fail: at most one per slot.
     assert len(failed) <= concurrency, [a.body for a in failed]
