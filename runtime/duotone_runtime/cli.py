@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from duotone_runtime import protocol
-from duotone_runtime.gate import Listen, Upstream, supervise
+from duotone_runtime.gate import supervise
 from duotone_runtime.launcher import (
-    LOOPBACK,
     ServeOptions,
     TritonNotFoundError,
     find_tritonserver,
@@ -130,11 +129,7 @@ def serve(args: argparse.Namespace) -> int:
     print(f"duotone-runtime: tritonserver from {install.origin}: {shlex.join(command)}", flush=True)
     if args.dry_run:
         return 0
-    listen = Listen(args.address, args.http_port, args.grpc_port)
-    upstream = Upstream(
-        f"{LOOPBACK}:{options.triton_http_port}", f"{LOOPBACK}:{options.triton_grpc_port}"
-    )
-    return asyncio.run(supervise(command, env, listen, upstream))
+    return asyncio.run(supervise(command, env, options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import sys
 from collections.abc import (
@@ -31,13 +32,14 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import aiohttp
 import grpc
 from aiohttp import web
+
+from duotone_runtime.launcher import LOOPBACK, ServeOptions
 
 REFUSED = "duotone-runtime is shutting down: new requests are refused"
 """The message of every refusal; the router classifies it as "try another pod"."""
@@ -144,21 +146,13 @@ class Gate:
         return self.in_flight == 0
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """Where tritonserver listens (loopback)."""
-
-    http: str
-    """host:port"""
-    grpc: str
-
-
 class HttpFront:
     """The public HTTP port: Triton's HTTP API, forwarded unless the gate is closed."""
 
-    def __init__(self, gate: Gate, upstream: Upstream) -> None:
+    def __init__(self, gate: Gate, upstream: str) -> None:
+        """`upstream`: tritonserver's HTTP host:port."""
         self.gate = gate
-        self.upstream = f"http://{upstream.http}"
+        self.upstream = f"http://{upstream}"
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -221,14 +215,20 @@ UnaryBehavior = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaita
 class GrpcFront(grpc.GenericRpcHandler):
     """The public gRPC port: every method of Triton's service, forwarded as raw bytes."""
 
-    def __init__(self, gate: Gate, upstream: Upstream) -> None:
+    def __init__(self, gate: Gate, upstream: str) -> None:
+        """`upstream`: tritonserver's gRPC host:port."""
         self.gate = gate
-        self.channel = grpc.aio.insecure_channel(upstream.grpc, options=GRPC_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(upstream, options=GRPC_OPTIONS)
+        # grpc asks for a handler on every call: build one per method, not per call (bounded,
+        # since a client may name any method).
+        self._handler = functools.lru_cache(maxsize=64)(self._build_handler)
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[bytes, bytes]:
-        method = str(handler_call_details.method)
+        return self._handler(str(handler_call_details.method))
+
+    def _build_handler(self, method: str) -> grpc.RpcMethodHandler[bytes, bytes]:
         if method.endswith("/ModelStreamInfer"):
             return grpc.stream_stream_rpc_method_handler(self._stream(method))
         return grpc.unary_unary_rpc_method_handler(self._unary(method))
@@ -293,35 +293,25 @@ class GrpcFront(grpc.GenericRpcHandler):
         await self.channel.close()
 
 
-@dataclass(frozen=True)
-class Listen:
-    """The public side: address and ports of the gate."""
-
-    address: str
-    http_port: int
-    grpc_port: int
-
-
 def exit_status(returncode: int) -> int:
     """A child's return code as a shell reports it (a signal N becomes 128 + N) (pure)."""
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def supervise(
-    command: Sequence[str], env: Mapping[str, str], listen: Listen, upstream: Upstream
-) -> int:
-    """Run tritonserver (`command`) behind the gate until it exits; return its exit status."""
+async def supervise(command: Sequence[str], env: Mapping[str, str], options: ServeOptions) -> int:
+    """Run tritonserver (`command`, from `prepare(options, ...)`) behind the gate, which listens
+    on the options' address and HTTP/gRPC ports, until it exits; return its exit status."""
     gate = Gate()
-    http = HttpFront(gate, upstream)
-    front = GrpcFront(gate, upstream)
+    http = HttpFront(gate, f"{LOOPBACK}:{options.triton_http_port}")
+    front = GrpcFront(gate, f"{LOOPBACK}:{options.triton_grpc_port}")
     await http.start()
     runner = web.AppRunner(http.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, listen.address, listen.http_port, reuse_address=True).start()
+    await web.TCPSite(runner, options.address, options.http_port, reuse_address=True).start()
     server = grpc.aio.server(options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers([front])
-    if server.add_insecure_port(f"{listen.address}:{listen.grpc_port}") == 0:
-        raise OSError(f"cannot listen on {listen.address}:{listen.grpc_port}")
+    if server.add_insecure_port(f"{options.address}:{options.grpc_port}") == 0:
+        raise OSError(f"cannot listen on {options.address}:{options.grpc_port}")
     await server.start()
     children: list[asyncio.subprocess.Process] = []
 

@@ -56,6 +56,26 @@ def _slo_line_override() -> dict[str, Any]:
     }
 
 
+def _latency_vs_slo(quantile: str, description: str) -> Panel:
+    """A router latency quantile per tier (recorded as `<quantile>_5m`) with the SLO line."""
+    return Panel(
+        f"{quantile} latency vs SLO",
+        description,
+        (
+            Query(
+                f"max by (tier) (duotone:tier_request_latency_seconds:{quantile}_5m{{{SELECTOR}}})",
+                f"{{{{tier}}}} {quantile}",
+            ),
+            Query(
+                f"max by (tier) (duotone:tier_latency_slo_seconds{{{SELECTOR}}})",
+                "{{tier}} SLO",
+            ),
+        ),
+        "s",
+        overrides=(_slo_line_override(),),
+    )
+
+
 ROWS: tuple[Row, ...] = (
     Row(
         "Requests and SLOs (per tier)",
@@ -66,40 +86,13 @@ ROWS: tuple[Row, ...] = (
                 (Query(f"sum by (tier) (duotone:tier_requests:rate5m{{{SELECTOR}}})", "{{tier}}"),),
                 "reqps",
             ),
-            Panel(
-                "p50 latency vs SLO",
+            _latency_vs_slo(
+                "p50",
                 "Router-measured median latency per tier against the tier's slo.p50LatencyMs; "
                 "the latency SLO alerts fire on the share of time it is above the line.",
-                (
-                    Query(
-                        "max by (tier) "
-                        f"(duotone:tier_request_latency_seconds:p50_5m{{{SELECTOR}}})",
-                        "{{tier}} p50",
-                    ),
-                    Query(
-                        f"max by (tier) (duotone:tier_latency_slo_seconds{{{SELECTOR}}})",
-                        "{{tier}} SLO",
-                    ),
-                ),
-                "s",
-                overrides=(_slo_line_override(),),
             ),
-            Panel(
-                "p95 latency vs SLO",
-                "Router-measured 95th percentile per tier, with the p50 objective for scale.",
-                (
-                    Query(
-                        "max by (tier) "
-                        f"(duotone:tier_request_latency_seconds:p95_5m{{{SELECTOR}}})",
-                        "{{tier}} p95",
-                    ),
-                    Query(
-                        f"max by (tier) (duotone:tier_latency_slo_seconds{{{SELECTOR}}})",
-                        "{{tier}} SLO",
-                    ),
-                ),
-                "s",
-                overrides=(_slo_line_override(),),
+            _latency_vs_slo(
+                "p95", "Router-measured 95th percentile per tier, with the p50 objective for scale."
             ),
             Panel(
                 "Error rate (5xx share)",
