@@ -8,27 +8,30 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
+# One distribution per folder: the contracts, the three programs, the test bed, the monitoring
+# generators (docs/development.md). `make install` installs them all, editable.
+PACKAGES := contracts operator router runtime testbed monitoring
 
 .PHONY: help install generate verify test test-fast binaries tools cluster-up cluster-down demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
-	@echo "==> creating $(VENV); installing duotone with its dev tools and the runtime (torch, ~3 GB the first time)"
+$(INSTALLED): pyproject.toml $(PACKAGES:%=%/pyproject.toml)
+	@echo "==> creating $(VENV); installing $(PACKAGES) and the dev tools (torch, ~3 GB the first time)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime,router]'
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PACKAGES:%=-e ./%) -e '.[dev]'
 	@touch $@
 
-install: $(INSTALLED) ## Create .venv with the project, its dev tools and the runtime stack
+install: $(INSTALLED) ## Create .venv with every package (editable), the dev tools and torch
 
-generate: install ## Regenerate crds/, the chart's CRD copy and the Grafana dashboard from code
+generate: install ## Regenerate crds/, the chart's CRD copy, the dashboard and the alert rules from code
 	$(PY) hack/generate.py
 
 verify: install ## Lint, format, strict types, import layers, generated files unchanged
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/duotone_operator runtime/duotone_runtime hack/generate.py tests/support \
+	$(VENV)/bin/mypy $(foreach p,$(PACKAGES),$(p)/duotone_$(p)) hack/generate.py tests/support tests/fakes \
 	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py bench/router.py bench/autoscaler.py bench/local_cluster.py \
 	  hack/demo.py
 	$(VENV)/bin/lint-imports

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 from kubernetes import client as k8s
 from local_cluster import ROOT, bench_cluster, percentile
 
-from duotone_operator.cluster import client_configuration
+from duotone_operator.adapters.kubernetes import client_configuration
 from duotone_operator.policy.autoscaling import (
     ScalingSpec,
     TierMetrics,

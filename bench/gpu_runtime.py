@@ -10,7 +10,7 @@ at a time), direct batched calls, and the served runtime (real launcher + triton
 clients at that concurrency), plus the share of the GPU's bf16 roofline. FLOPs per image are
 counted with torch's FlopCounterMode on the real pipeline (SDPA included).
 
-    python bench/gpu_runtime.py                       # on a CUDA machine, runtime extra installed
+    python bench/gpu_runtime.py                       # on a CUDA machine, runtime package installed
     python bench/gpu_runtime.py --models sd-turbo --batches 1,8 --peak-tflops 989
     python bench/gpu_runtime.py --smoke               # tiny shapes on CPU: checks the code paths
 """
@@ -45,9 +45,9 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from duotone_runtime.client import ImageRequest, generate_grpc
-from duotone_runtime.local import LocalServer
 from duotone_runtime.tiny import MAX_TOKENS, byte_level_vocab
+from duotone_testbed.clients import ImageRequest, generate_grpc
+from duotone_testbed.local import LocalServer
 
 H100_BF16_TFLOPS = 790.0
 """Measured dense bf16 rate of an H100 (docs/benchmarks.md anchors); override per GPU."""

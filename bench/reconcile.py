@@ -22,8 +22,8 @@ from typing import Any
 from kubernetes import client as k8s
 from local_cluster import bench_cluster, percentile
 
-from duotone_operator.api import parse_imd
-from duotone_operator.cluster import Cluster, client_configuration
+from duotone_contracts.api import parse_imd
+from duotone_operator.adapters.kubernetes import KubernetesCluster, client_configuration
 from duotone_operator.render.children import render_children
 from duotone_operator.render.objects import RenderSettings
 
@@ -101,7 +101,7 @@ def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def baseline(cluster: Cluster, namespace: str, count: int) -> list[float]:
+def baseline(cluster: KubernetesCluster, namespace: str, count: int) -> list[float]:
     """Seconds to apply one IMD's rendered children directly, per IMD."""
     times = []
     for i in range(count):
@@ -202,7 +202,7 @@ def main() -> int:
             k8s.CoreV1Api(api).create_namespace(
                 k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace))
             )
-        base = baseline(Cluster(api), "bench-baseline", args.baseline_count)
+        base = baseline(KubernetesCluster(api), "bench-baseline", args.baseline_count)
         latencies, (rss_idle, rss_loaded, rss_after) = operator_phase(
             cluster.kubeconfig,
             cluster.env,

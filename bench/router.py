@@ -20,10 +20,10 @@ from pathlib import Path
 import aiohttp
 import tritonclient.grpc.aio as grpcaio
 
-from duotone_operator.api.validation import parse_imd
-from duotone_runtime.router.backends import infer_inputs
-from duotone_runtime.router.local import LocalStack
-from duotone_runtime.validation import GenerationRequest
+from duotone_contracts.api.validation import parse_imd
+from duotone_contracts.limits import GenerationRequest
+from duotone_router.backends import infer_inputs
+from duotone_testbed.stack import LocalStack
 
 MANIFEST = {
     "apiVersion": "duotone.io/v1alpha1",

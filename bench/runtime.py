@@ -28,12 +28,12 @@ from typing import Any
 
 import tritonclient.grpc as grpcclient
 
+from duotone_contracts.limits import GenerationRequest
 from duotone_runtime.batching import ShapeKey
-from duotone_runtime.client import ImageRequest, generate_grpc
 from duotone_runtime.execution import PipelineRunner
 from duotone_runtime.loading import load_pipeline, resolve_source
-from duotone_runtime.local import LocalServer
-from duotone_runtime.validation import GenerationRequest
+from duotone_testbed.clients import ImageRequest, generate_grpc
+from duotone_testbed.local import LocalServer
 
 
 @dataclass

@@ -24,8 +24,8 @@ from typing import Any
 import openai
 import yaml
 
-from duotone_operator.api.validation import parse_imd
-from duotone_runtime.router.local import LocalStack
+from duotone_contracts.api.validation import parse_imd
+from duotone_testbed.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,17 +11,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
-from duotone_operator import metrics
-from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName
-from duotone_operator.api.validation import InvalidSpecError, parse_imd
-from duotone_operator.cluster import Cluster, tier_observations
+from duotone_contracts.api.v1alpha1 import ImageModelDeployment, TierName
+from duotone_contracts.api.validation import InvalidSpecError, parse_imd
+from duotone_operator.adapters import telemetry
+from duotone_operator.adapters.cluster import Cluster
+from duotone_operator.adapters.metric_sources import (
+    DirectSource,
+    MetricSource,
+    PrometheusSource,
+    tier_targets,
+)
 from duotone_operator.policy.autoscaling import (
     ScaleDecision,
     ScaleState,
@@ -33,12 +39,10 @@ from duotone_operator.policy.autoscaling import (
     share_gpu_budget,
 )
 from duotone_operator.render import names
-from duotone_operator.render.status import DeploymentObservation, scale_status
-from duotone_operator.scaling_metrics import (
-    DirectSource,
-    MetricSource,
-    PrometheusSource,
-    tier_targets,
+from duotone_operator.render.status import (
+    DeploymentObservation,
+    scale_status,
+    tier_observations,
 )
 
 log = logging.getLogger("duotone.autoscaler")
@@ -60,6 +64,8 @@ class Autoscaler:
     a tick lists the Deployments only when a tier is missing from it."""
     states: dict[StateKey, ScaleState] = field(default_factory=dict)
     written: dict[tuple[str, str], tuple[dict[str, Any], float]] = field(default_factory=dict)
+    sources: Callable[[ImageModelDeployment], MetricSource] | None = None
+    """Where each IMD's metrics come from; None: from its spec (`default_source`)."""
     _session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -72,6 +78,12 @@ class Autoscaler:
             await self._session.close()
 
     def source(self, imd: ImageModelDeployment) -> MetricSource:
+        if self.sources is not None:
+            return self.sources(imd)
+        return self.default_source(imd)
+
+    def default_source(self, imd: ImageModelDeployment) -> MetricSource:
+        """Prometheus when the IMD names one, else a direct scrape of the pods."""
         spec = imd.spec.autoscaling.metrics
         if spec.source == "prometheus" and spec.prometheus_url:
             return PrometheusSource(spec.prometheus_url, self.session())
@@ -81,7 +93,7 @@ class Autoscaler:
         """Drop the state and metric series of a deleted IMD."""
         for key in [k for k in self.states if k[:2] == (namespace, name)]:
             del self.states[key]
-            for gauge in metrics.TIER_GAUGES:
+            for gauge in telemetry.TIER_GAUGES:
                 with contextlib.suppress(KeyError):
                     gauge.remove(*key)
         self.written.pop((namespace, name), None)
@@ -110,7 +122,7 @@ class Autoscaler:
             state = self.states.get(key)
             if state is None:
                 state = initial_state(observed.desired, now)
-                metrics.start_scale_counters(*key)
+                telemetry.start_scale_counters(*key)
             decisions[tier], self.states[key] = decide(observation, specs[tier], state, now)
         decisions = share_gpu_budget(decisions, specs, imd.spec.autoscaling.gpu_budget)
 
@@ -119,7 +131,7 @@ class Autoscaler:
         await self._report_status(body, namespace, name, decisions, now)
         for tier, decision in decisions.items():
             self._export((namespace, name, tier), decision, specs[tier], now)
-        metrics.TICK_SECONDS.observe(time.monotonic() - started)
+        telemetry.TICK_SECONDS.observe(time.monotonic() - started)
         return decisions
 
     async def _deployments(
@@ -149,7 +161,7 @@ class Autoscaler:
         await asyncio.to_thread(
             self.cluster.scale_deployment, namespace, names.tier_name(name, tier), decision.replicas
         )
-        metrics.SCALE_PATCHES.labels(
+        telemetry.SCALE_PATCHES.labels(
             namespace, name, tier, decision.direction, decision.cause
         ).inc()
         log.info("%s/%s %s: %s", namespace, name, tier, decision.reason)
@@ -190,22 +202,22 @@ class Autoscaler:
 
     @staticmethod
     def _export(labels: StateKey, decision: ScaleDecision, spec: ScalingSpec, now: float) -> None:
-        metrics.SCALE_DECISIONS.labels(
+        telemetry.SCALE_DECISIONS.labels(
             *labels, decision.direction, "true" if decision.held else "false"
         ).inc()
-        metrics.REPLICAS_CURRENT.labels(*labels).set(decision.current)
-        metrics.REPLICAS_DESIRED.labels(*labels).set(decision.replicas)
+        telemetry.REPLICAS_CURRENT.labels(*labels).set(decision.current)
+        telemetry.REPLICAS_DESIRED.labels(*labels).set(decision.replicas)
         wanted = max(
             decision.wanted or decision.replicas,
             decision.queue_recommendation or 0,
             decision.latency_recommendation or 0,
         )
-        metrics.REPLICAS_WANTED.labels(*labels).set(wanted)
+        telemetry.REPLICAS_WANTED.labels(*labels).set(wanted)
         if decision.queue_depth is not None:
-            metrics.QUEUE_DEPTH.labels(*labels).set(decision.queue_depth)
+            telemetry.QUEUE_DEPTH.labels(*labels).set(decision.queue_depth)
         if decision.p50_latency_ms is not None:
-            metrics.P50_MS.labels(*labels).set(decision.p50_latency_ms)
-        metrics.BUDGET_LIMITED.labels(*labels).set(1 if decision.budget_limited else 0)
-        metrics.LAST_DECISION.labels(*labels).set(now)
-        metrics.REPLICAS_MAX.labels(*labels).set(spec.maximum)
-        metrics.SLO_P50_MS.labels(*labels).set(spec.slo_p50_ms)
+            telemetry.P50_MS.labels(*labels).set(decision.p50_latency_ms)
+        telemetry.BUDGET_LIMITED.labels(*labels).set(1 if decision.budget_limited else 0)
+        telemetry.LAST_DECISION.labels(*labels).set(now)
+        telemetry.REPLICAS_MAX.labels(*labels).set(spec.maximum)
+        telemetry.SLO_P50_MS.labels(*labels).set(spec.slo_p50_ms)

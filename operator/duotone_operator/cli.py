@@ -14,11 +14,12 @@ from aiohttp import web
 from kubernetes import client as k8s
 from prometheus_client import start_http_server
 
-from duotone_operator import handlers, metrics
+from duotone_operator import handlers
+from duotone_operator.adapters import telemetry
+from duotone_operator.adapters.kubernetes import KubernetesCluster, client_configuration
 from duotone_operator.autoscaler import Autoscaler
-from duotone_operator.cluster import Cluster, client_configuration
-from duotone_operator.health import WatchFreshness
-from duotone_operator.render.objects import RenderSettings
+from duotone_operator.policy.freshness import WatchFreshness
+from duotone_operator.render.objects import DEFAULT_ROUTER_IMAGE, RenderSettings
 
 log = logging.getLogger("duotone.operator")
 
@@ -48,7 +49,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="json for clusters, text for terminals (default: json inside a pod)",
     )
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
-    parser.add_argument("--router-image", default=_env("ROUTER_IMAGE", "") or None)
+    parser.add_argument(
+        "--router-image",
+        default=_env("ROUTER_IMAGE", "") or DEFAULT_ROUTER_IMAGE,
+        help="router pods' image when an IMD names none (built from router/Dockerfile)",
+    )
     parser.add_argument(
         "--exit-timeout-seconds", type=int, default=int(_env("EXIT_TIMEOUT_SECONDS", "30"))
     )
@@ -92,7 +97,7 @@ async def _serve_health(
         except Exception as exc:  # any failure to reach the API is "not healthy"
             return web.Response(status=503, text=f"cannot list ImageModelDeployments: {exc}\n")
         stale = context.freshness.stale(listed, time.monotonic())
-        metrics.WATCH_STALE.set(len(stale))
+        telemetry.WATCH_STALE.set(len(stale))
         if stale:
             return web.Response(status=503, text=f"watch stale for {len(stale)} objects\n")
         return web.Response(text="ok\n")
@@ -111,7 +116,7 @@ async def _serve_health(
 async def run(args: argparse.Namespace) -> None:
     namespaces: list[str] = args.namespace
     context = handlers.OperatorContext(
-        cluster=Cluster(k8s.ApiClient(client_configuration(args.kubeconfig))),
+        cluster=KubernetesCluster(k8s.ApiClient(client_configuration(args.kubeconfig))),
         kubeconfig=args.kubeconfig,
         render=RenderSettings(
             exit_timeout_seconds=args.exit_timeout_seconds, router_image=args.router_image

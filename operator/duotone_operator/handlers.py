@@ -1,40 +1,39 @@
-"""Kopf handlers: parse, ask the pure core, apply through the adapter, report.
+"""Kopf handlers: parse, ask the pure core for a plan, execute it through the adapter, report.
 
 Imported by the entry point (`duotone_operator.cli`), which configures the operator through
-`OperatorContext` in Kopf's memo.
+`OperatorContext` in Kopf's memo. Every decision is in `plan`, `render` and `policy`; the
+handlers call the `Cluster` Protocol only, so tests run them against an in-memory fake.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
-from duotone_operator import metrics
-from duotone_operator.api.v1alpha1 import GROUP, PLURAL, VERSION, ImageModelDeployment
-from duotone_operator.api.validation import InvalidSpecError, parse_imd
+from duotone_contracts.api.v1alpha1 import GROUP, PLURAL, VERSION
+from duotone_contracts.api.validation import InvalidSpecError, parse_imd
+from duotone_operator.adapters import telemetry
+from duotone_operator.adapters.cluster import Cluster, ClusterError
+from duotone_operator.adapters.kubernetes import client_configuration, connection_info
 from duotone_operator.autoscaler import Autoscaler
-from duotone_operator.cluster import (
-    ChildKey,
-    Cluster,
-    client_configuration,
-    connection_info,
-    is_transient,
-    observe_deployment,
-    replicas_managers,
-    tier_observations,
+from duotone_operator.plan import (
+    Apply,
+    Delete,
+    HandOverReplicas,
+    ReconcilePlan,
+    desired_children,
+    plan_api_failure,
+    plan_problems,
+    plan_reconcile,
 )
-from duotone_operator.health import WatchFreshness
-from duotone_operator.policy.backoff import retry_delay
+from duotone_operator.policy.freshness import WatchFreshness
 from duotone_operator.render import names
-from duotone_operator.render.children import render_children
 from duotone_operator.render.objects import RenderSettings
 from duotone_operator.render.references import problems, required_references
 from duotone_operator.render.status import (
@@ -42,6 +41,8 @@ from duotone_operator.render.status import (
     Problem,
     compute_status,
     condition,
+    observe_deployment,
+    tier_observations,
 )
 
 Manifest = dict[str, Any]
@@ -101,7 +102,7 @@ def _now() -> datetime:
 
 
 def _refresh_status(
-    context: OperatorContext, body: Mapping[str, Any], found_problems: list[Problem]
+    context: OperatorContext, body: Mapping[str, Any], found_problems: Sequence[Problem]
 ) -> Manifest:
     imd = parse_imd(body)
     namespace = imd.metadata.namespace or "default"
@@ -133,22 +134,23 @@ def reconcile(
     try:
         _reconcile(context, body, patch, retry)
     except kopf.TemporaryError:
-        metrics.RECONCILES.labels(result="problem").inc()
+        telemetry.RECONCILES.labels(result="problem").inc()
         raise
     except Exception:
-        metrics.RECONCILES.labels(result="error").inc()
+        telemetry.RECONCILES.labels(result="error").inc()
         raise
-    metrics.RECONCILES.labels(result="success").inc()
-    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-    metrics.LAST_SUCCESS.set_to_current_time()
+    telemetry.RECONCILES.labels(result="success").inc()
+    telemetry.RECONCILE_SECONDS.observe(time.monotonic() - started)
+    telemetry.LAST_SUCCESS.set_to_current_time()
 
 
 def _reconcile(
     context: OperatorContext,
-    body: kopf.Body,
+    body: Mapping[str, Any],
     patch: kopf.Patch,
     retry: int,
 ) -> None:
+    cluster = context.cluster
     try:
         imd = parse_imd(body)
     except InvalidSpecError as exc:
@@ -165,141 +167,62 @@ def _reconcile(
                 now=_now(),
             )
         ]
-        context.cluster.post_event(body, "Warning", "InvalidSpec", message)
+        cluster.post_event(body, "Warning", "InvalidSpec", message)
         raise kopf.PermanentError(message) from exc
 
     namespace = imd.metadata.namespace or "default"
-    name = imd.metadata.name
-    cluster = context.cluster
     try:
         missing = cluster.missing(required_references(imd), namespace)
-        found_problems = problems(missing, namespace)
-        if found_problems:
-            patch.status.update(_refresh_status(context, body, found_problems))
-            for problem in found_problems:
-                cluster.post_event(body, "Warning", problem.reason, problem.message)
-            delay = retry_delay(
-                retry,
+        found = problems(missing, namespace)
+        if found:
+            plan = plan_problems(
+                found,
+                retry=retry,
                 base_seconds=context.retry_base_seconds,
                 max_seconds=context.retry_max_seconds,
             )
-            raise kopf.TemporaryError(
-                f"{found_problems[0].message}; retrying in {delay:.0f}s", delay=delay
+        else:
+            observed = cluster.children(namespace, imd.metadata.name)
+            plan = plan_reconcile(
+                imd,
+                desired_children(imd, context.render, observed),
+                observed,
+                handled_generation=(body.get("status") or {}).get("observedGeneration"),
             )
-
-        existing = cluster.children(namespace, name)
-        desired, created = _apply_children(context, imd, existing)
-        deleted = _delete_removed(cluster, imd, existing, desired)
-    except ApiException as exc:
-        message = f"API {exc.status}: {_api_message(exc)}"
-        cluster.post_event(body, "Warning", "ApplyFailed", message)
-        if is_transient(exc):
-            # Conflicts clear in a moment; an overloaded or failing API server must not be
-            # hammered: the same capped backoff as for impossible specs, from 1 s.
-            delay = retry_delay(retry, base_seconds=1, max_seconds=context.retry_max_seconds)
-            raise kopf.TemporaryError(f"{message}; retrying in {delay:.0f}s", delay=delay) from exc
+        execute(cluster, body, plan)
+    except ClusterError as exc:
+        event, again = plan_api_failure(
+            exc.status, exc.message, retry=retry, max_seconds=context.retry_max_seconds
+        )
+        cluster.post_event(body, event.type, event.reason, event.message)
+        if again is not None:
+            raise kopf.TemporaryError(again.message, delay=again.delay_seconds) from exc
         raise
-
-    if created:
-        cluster.post_event(
-            body,
-            "Normal",
-            "Created",
-            f"generation {imd.metadata.generation}: created {', '.join(created)}",
-        )
-    if deleted:
-        cluster.post_event(body, "Normal", "Deleted", f"deleted {', '.join(deleted)}")
-    handled = (body.get("status") or {}).get("observedGeneration")
-    if handled != imd.metadata.generation and not created:
-        cluster.post_event(
-            body,
-            "Normal",
-            "Applied",
-            f"generation {imd.metadata.generation}: {len(desired)} children applied",
-        )
+    patch.status.update(_refresh_status(context, body, plan.problems))
+    if plan.retry is not None:
+        raise kopf.TemporaryError(plan.retry.message, delay=plan.retry.delay_seconds)
     log.info(
-        "reconciled %s/%s generation %s: %d applied, %d created, %d deleted",
+        "reconciled %s/%s generation %s: %d applied, %d deleted",
         namespace,
-        name,
+        imd.metadata.name,
         imd.metadata.generation,
-        len(desired),
-        len(created),
-        len(deleted),
+        plan.count(Apply),
+        plan.count(Delete),
     )
-    patch.status.update(_refresh_status(context, body, []))
 
 
-def _api_message(exc: ApiException) -> str:
-    """The API server's own message (e.g. "failed to allocate a serviceIP: range is full")."""
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)
-
-
-def _apply_children(
-    context: OperatorContext, imd: ImageModelDeployment, existing: Mapping[ChildKey, Manifest]
-) -> tuple[list[Manifest], list[str]]:
-    """Apply every desired child; returns them and the names of those that are new."""
-    name = imd.metadata.name
-    existing_tiers = frozenset(
-        tier
-        for tier in imd.spec.tiers.present()
-        if ("Deployment", names.tier_name(name, tier)) in existing
-    )
-    desired = render_children(imd, context.render, existing_tier_deployments=existing_tiers)
-    created = []
-    for child in desired:
-        applied = context.cluster.apply(child)
-        metrics.CHILDREN_APPLIED.labels(kind=child["kind"]).inc()
-        key = (child["kind"], child["metadata"]["name"])
-        if key not in existing:
-            created.append(f"{key[0]}/{key[1]}")
-        if child["kind"] == "Deployment" and names.TIER_LABEL in child["metadata"]["labels"]:
-            _hand_replicas_to_autoscaler(context.cluster, applied)
-    return desired, created
-
-
-def _delete_removed(
-    cluster: Cluster,
-    imd: ImageModelDeployment,
-    existing: Mapping[ChildKey, Manifest],
-    desired: list[Manifest],
-) -> list[str]:
-    """Delete children this IMD owns that are no longer desired (a removed tier's)."""
-    desired_keys = {(c["kind"], c["metadata"]["name"]) for c in desired}
-    deleted = []
-    for key, child in existing.items():
-        owners = child["metadata"].get("ownerReferences") or []
-        owned = any(o.get("uid") == imd.metadata.uid for o in owners)
-        if key not in desired_keys and owned and cluster.delete(child):
-            metrics.CHILDREN_DELETED.labels(kind=key[0]).inc()
-            deleted.append(f"{key[0]}/{key[1]}")
-    return deleted
-
-
-def _hand_replicas_to_autoscaler(cluster: Cluster, deployment: Manifest) -> None:
-    """Make sure someone other than the reconciler owns spec.replicas.
-
-    The reconciler sets replicas only when it creates a tier Deployment; its later applies omit
-    the field. If no other manager owned it by then, the API server would reset it to 1, so the
-    autoscaler's field manager co-owns it from the start (idempotent: a crash in between is
-    repaired on the next reconcile). `kubectl scale` or the autoscaler then change it freely.
-    """
-    if replicas_managers(deployment) - {names.FIELD_MANAGER}:
-        return
-    cluster.apply(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {
-                "name": deployment["metadata"]["name"],
-                "namespace": deployment["metadata"]["namespace"],
-            },
-            "spec": {"replicas": deployment["spec"]["replicas"]},
-        },
-        manager=names.SCALE_FIELD_MANAGER,
-    )
+def execute(cluster: Cluster, body: Mapping[str, Any], plan: ReconcilePlan) -> None:
+    """Carry out the plan's steps in order, then post its events."""
+    for step in plan.steps:
+        if isinstance(step, Apply):
+            cluster.apply(step.manifest)
+            telemetry.CHILDREN_APPLIED.labels(kind=step.manifest["kind"]).inc()
+        elif isinstance(step, HandOverReplicas):
+            cluster.apply(step.manifest(), manager=names.SCALE_FIELD_MANAGER)
+        elif cluster.delete(step.manifest):
+            telemetry.CHILDREN_DELETED.labels(kind=step.manifest["kind"]).inc()
+    for event in plan.events:
+        cluster.post_event(body, event.type, event.reason, event.message)
 
 
 @kopf.on.event(
@@ -322,7 +245,7 @@ def deployment_changed(
     if type == "DELETED":
         context.observed.pop(key, None)
         return
-    observation = observe_deployment(dict(body))
+    observation = observe_deployment(body)
     if context.observed.get(key) == observation:
         return
     context.observed[key] = observation
@@ -333,14 +256,14 @@ def deployment_changed(
         context.cluster.patch_imd_status(namespace, owner, _refresh_status(context, imd, []))
     except InvalidSpecError:
         return
-    except ApiException as exc:
+    except ClusterError as exc:
         if exc.status != 404:
-            logger.warning("status refresh of %s/%s failed: %s", namespace, owner, exc.reason)
+            logger.warning("status refresh of %s/%s failed: %s", namespace, owner, exc.message)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def watch_delivered(body: kopf.Body, type: str, memo: Any, **_: Any) -> None:  # noqa: A002
-    """Record what the watch delivers, for the liveness probe (`health.WatchFreshness`)."""
+    """Record what the watch delivers, for the liveness probe (`policy.freshness`)."""
     metadata = body.get("metadata", {})
     context = _context(memo)
     if metadata.get("uid") and metadata.get("resourceVersion"):
@@ -358,10 +281,10 @@ async def autoscale(body: kopf.Body, memo: Any, **_: Any) -> None:
         return
     try:
         await autoscaler.tick(body, time.time())
-    except (ApiException, OSError) as exc:
+    except (ClusterError, OSError) as exc:
         # The next tick retries; nothing was decided on half a picture.
         namespace = body.get("metadata", {}).get("namespace", "")
-        metrics.SCALE_ERRORS.labels(namespace).inc()
+        telemetry.SCALE_ERRORS.labels(namespace).inc()
         log.warning("autoscaler round for %s failed: %s", body.get("metadata", {}).get("name"), exc)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from duotone_runtime.validation import GenerationRequest
+from duotone_contracts.limits import GenerationRequest
 
 
 @dataclass(frozen=True, order=True)

@@ -16,10 +16,13 @@ import os
 import shlex
 import sys
 import tempfile
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from duotone_runtime import protocol
+from duotone_contracts import triton
+from duotone_contracts.api.v1alpha1 import TIER_NAMES, DType
+from duotone_contracts.tier import TierDocument, TierDocumentError, parse_tier_document
 from duotone_runtime.gate import supervise
 from duotone_runtime.launcher import (
     ServeOptions,
@@ -29,14 +32,7 @@ from duotone_runtime.launcher import (
     prepare,
     server_environment,
 )
-from duotone_runtime.settings import (
-    TierConfig,
-    TierConfigError,
-    default_device,
-    default_tier,
-    parse_tier_document,
-    with_overrides,
-)
+from duotone_runtime.settings import default_device, default_tier, with_overrides
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,12 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="write the model repository and run tritonserver behind the drain gate"
     )
     serve.add_argument("--config", type=Path, help="tier.json rendered by the operator")
-    serve.add_argument("--tier", choices=("efficient", "flagship"), help="tier name")
+    serve.add_argument("--tier", choices=TIER_NAMES, help="tier name")
     serve.add_argument("--model-source", help="pvc://, hf://, file:/// or builtin://tiny")
-    serve.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
+    serve.add_argument("--dtype", choices=typing.get_args(DType))
     serve.add_argument("--allow-download", action="store_true", default=None)
     serve.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if gpus > 0")
-    serve.add_argument("--model-name", default=protocol.DEFAULT_MODEL_NAME)
+    serve.add_argument("--model-name", default=triton.DEFAULT_MODEL_NAME)
     serve.add_argument("--address", default="0.0.0.0", help="listen address of all endpoints")  # noqa: S104
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
@@ -85,13 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tier(args: argparse.Namespace) -> TierConfig:
+def _tier(args: argparse.Namespace) -> TierDocument:
     if args.config is not None:
         tier = parse_tier_document(args.config.read_text())
     elif args.model_source is not None:
         tier = default_tier(args.tier or "efficient", args.model_source)
     else:
-        raise TierConfigError("give --config tier.json, or --model-source (and --tier)")
+        raise TierDocumentError("give --config tier.json, or --model-source (and --tier)")
     return with_overrides(
         tier,
         name=args.tier,
@@ -136,6 +132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return serve(args)
-    except (TierConfigError, TritonNotFoundError, OSError) as error:
+    except (TierDocumentError, TritonNotFoundError, OSError) as error:
         print(f"duotone-runtime: {error}", file=sys.stderr)
         return 2

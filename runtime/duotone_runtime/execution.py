@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from duotone_contracts.limits import GenerationRequest
 from duotone_runtime.batching import ShapeKey
-from duotone_runtime.validation import GenerationRequest
 
 STAGES = ("text_encoding", "denoising", "vae_decode", "png_encode")
 

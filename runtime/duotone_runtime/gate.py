@@ -39,10 +39,8 @@ import aiohttp
 import grpc
 from aiohttp import web
 
+from duotone_contracts.triton import DRAINING_REFUSAL
 from duotone_runtime.launcher import LOOPBACK, ServeOptions
-
-REFUSED = "duotone-runtime is shutting down: new requests are refused"
-"""The message of every refusal; the router classifies it as "try another pod"."""
 
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -181,7 +179,7 @@ class HttpFront:
             return web.Response(status=200)
         if self.gate.closed and route is Route.INFER:
             self.gate.refused += 1
-            return web.json_response({"error": REFUSED}, status=503)
+            return web.json_response({"error": DRAINING_REFUSAL}, status=503)
         assert self._session is not None, "start() first"
         with self.gate.passing():
             try:
@@ -243,7 +241,7 @@ class GrpcFront(grpc.GenericRpcHandler):
         route = grpc_route(method)
         if route is Route.INFER:
             self.gate.refused += 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSED)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_REFUSAL)
         return _CLOSED_ANSWERS.get(route)
 
     def _unary(self, method: str) -> UnaryBehavior:

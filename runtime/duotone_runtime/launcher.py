@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from duotone_runtime import protocol
-from duotone_runtime.settings import Device, TierConfig
+from duotone_contracts import triton
+from duotone_contracts.tier import TierDocument
+from duotone_runtime.settings import Device
 from duotone_runtime.triton_config import render_config_pbtxt
 
 CONTAINER_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
@@ -51,9 +52,9 @@ class TritonInstall:
 class ServeOptions:
     """Everything `serve` needs besides the tier."""
 
-    tier: TierConfig
+    tier: TierDocument
     device: Device
-    model_name: str = protocol.DEFAULT_MODEL_NAME
+    model_name: str = triton.DEFAULT_MODEL_NAME
     address: str = "0.0.0.0"  # noqa: S104 - a pod serves its Service; tests pass 127.0.0.1
     http_port: int = 8000
     grpc_port: int = 8001
@@ -121,7 +122,7 @@ def find_tritonserver(explicit: Path | None = None) -> TritonInstall:
         tried.append(f"{origin}: {path or 'not found'}")
     raise TritonNotFoundError(
         "tritonserver not found; pass --tritonserver PATH, run in the NVIDIA Triton container, "
-        "or install the runtime extra (nvidia-pytriton bundles a CPU-capable server). Tried: "
+        "or install the runtime package (its nvidia-pytriton bundles a CPU-capable server). Tried: "
         + "; ".join(tried)
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from diffusers import AutoPipelineForText2Image
 
-from duotone_operator.api.sources import ModelSource, parse_model_source
+from duotone_contracts.api.sources import ModelSource, parse_model_source
 from duotone_runtime.tiny import ensure_tiny_pipeline
 
 DEFAULT_PVC_ROOT = Path("/models")

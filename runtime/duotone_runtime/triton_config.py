@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from duotone_operator.api.v1alpha1 import BatchingSpec
-from duotone_runtime import protocol
+from duotone_contracts import triton
+from duotone_contracts.api.v1alpha1 import BatchingSpec
 
 InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
 
@@ -30,7 +30,7 @@ def pbtxt_string(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _input_block(spec: protocol.InputSpec) -> str:
+def _input_block(spec: triton.InputSpec) -> str:
     lines = [
         "  {",
         f"    name: {pbtxt_string(spec.name)}",
@@ -54,7 +54,7 @@ def render_config_pbtxt(
     """The config.pbtxt of the Python-backend model serving one tier."""
     if instance_count < 1:
         raise ValueError(f"instance_count must be at least 1, got {instance_count}")
-    inputs = ",\n".join(_input_block(spec) for spec in protocol.INPUTS)
+    inputs = ",\n".join(_input_block(spec) for spec in triton.INPUTS)
     params = "".join(
         f"parameters {{\n  key: {pbtxt_string(key)}\n"
         f"  value: {{ string_value: {pbtxt_string(value)} }}\n}}\n"
@@ -67,7 +67,7 @@ def render_config_pbtxt(
         f"input [\n{inputs}\n]\n"
         "output [\n"
         "  {\n"
-        f"    name: {pbtxt_string(protocol.IMAGES)}\n"
+        f"    name: {pbtxt_string(triton.IMAGES)}\n"
         "    data_type: TYPE_STRING\n"
         "    dims: [ -1 ]\n"
         "  }\n"

@@ -19,19 +19,20 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from duotone_operator.api.validation import FieldError
-from duotone_runtime import protocol
-from duotone_runtime.batching import ShapeKey, plan_pipeline_calls
-from duotone_runtime.execution import STAGES, PipelineRunner
-from duotone_runtime.loading import load_pipeline, resolve_source
-from duotone_runtime.settings import parse_tier_document
-from duotone_runtime.validation import (
+from duotone_contracts import metrics as m
+from duotone_contracts import triton
+from duotone_contracts.api.validation import FieldError
+from duotone_contracts.limits import (
     MAX_SEED,
     GenerationRequest,
     RawRequest,
     RequestError,
     validate_request,
 )
+from duotone_contracts.tier import parse_tier_document
+from duotone_runtime.batching import ShapeKey, plan_pipeline_calls
+from duotone_runtime.execution import STAGES, PipelineRunner
+from duotone_runtime.loading import load_pipeline, resolve_source
 
 BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
 SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
@@ -48,55 +49,27 @@ class _Metrics:
         )
         self._families: list[Any] = []
 
-        def family(name: str, description: str, kind: Any) -> Any:
-            created = pb_utils.MetricFamily(name=name, description=description, kind=kind)
+        def family(metric: m.Metric, kind: Any) -> Any:
+            created = pb_utils.MetricFamily(name=metric.name, description=metric.help, kind=kind)
             self._families.append(created)
             return created
 
-        images = family("duotone_images_generated_total", "Images generated.", counter)
-        steps = family(
-            "duotone_denoising_steps_total", "Denoising steps computed (images x steps).", counter
-        )
-        rate = family(
-            "duotone_denoising_steps_per_second",
-            "Denoising steps per second (images x steps / denoising time) of the last call.",
-            gauge,
-        )
-        stage_total = family(
-            "duotone_stage_seconds_total",
-            "Time spent per stage: text_encoding, denoising, vae_decode, png_encode.",
-            counter,
-        )
-        stage_hist = family(
-            "duotone_stage_duration_seconds", "Duration of each stage per pipeline call.", histogram
-        )
-        batch = family(
-            "duotone_pipeline_batch_images", "Images per pipeline call (batch size).", histogram
-        )
-        requests = family(
-            "duotone_execute_batch_requests", "Requests per Triton execute call.", histogram
-        )
-        executing = family(
-            "duotone_executing_requests",
-            "Requests in execute now (queued ones are nv_inference_pending_request_count).",
-            gauge,
-        )
-        gpus = family(
-            "duotone_allocated_gpus",
-            "GPUs the tier spec gives this pod (resources.gpus); the cost panels divide by it.",
-            gauge,
-        )
-        rejected = family(
-            "duotone_requests_rejected_total",
-            "Requests answered with an error, by reason (invalid, failed, cancelled).",
-            counter,
-        )
+        images = family(m.IMAGES_GENERATED, counter)
+        steps = family(m.DENOISING_STEPS, counter)
+        rate = family(m.DENOISING_STEPS_PER_SECOND, gauge)
+        stage_total = family(m.STAGE_SECONDS, counter)
+        stage_hist = family(m.STAGE_DURATION, histogram)
+        batch = family(m.PIPELINE_BATCH_IMAGES, histogram)
+        requests = family(m.EXECUTE_BATCH_REQUESTS, histogram)
+        executing = family(m.EXECUTING_REQUESTS, gauge)
+        gpus = family(m.ALLOCATED_GPUS, gauge)
+        rejected = family(m.REQUESTS_REJECTED, counter)
         self.images = images.Metric(labels=labels)
         self.steps = steps.Metric(labels=labels)
         self.steps_per_second = rate.Metric(labels=labels)
-        self.stage_total = {s: stage_total.Metric(labels={**labels, "stage": s}) for s in STAGES}
+        self.stage_total = {s: stage_total.Metric(labels={**labels, m.STAGE: s}) for s in STAGES}
         self.stage_duration = {
-            s: stage_hist.Metric(labels={**labels, "stage": s}, buckets=SECONDS_BUCKETS)
+            s: stage_hist.Metric(labels={**labels, m.STAGE: s}, buckets=SECONDS_BUCKETS)
             for s in STAGES
         }
         self.batch_images = batch.Metric(labels=labels, buckets=BATCH_BUCKETS)
@@ -104,12 +77,12 @@ class _Metrics:
         self.executing = executing.Metric(labels=labels)
         self.allocated_gpus = gpus.Metric(labels=labels)
         self.rejected = {
-            reason: rejected.Metric(labels={**labels, "reason": reason})
+            reason: rejected.Metric(labels={**labels, m.REASON: reason})
             for reason in ("invalid", "failed", "cancelled")
         }
 
 
-def _single(request: Any, spec: protocol.InputSpec) -> Any:
+def _single(request: Any, spec: triton.InputSpec) -> Any:
     """The one value of an input, or None when the client left it out."""
     tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
     if tensor is None:
@@ -133,16 +106,8 @@ def _single(request: Any, spec: protocol.InputSpec) -> Any:
 
 def read_request(request: Any) -> RawRequest:
     """The inputs of one Triton request as a RawRequest."""
-    return RawRequest(
-        prompt=_single(request, protocol.PROMPT) or "",
-        negative_prompt=_single(request, protocol.NEGATIVE_PROMPT),
-        steps=_single(request, protocol.STEPS),
-        guidance_scale=_single(request, protocol.GUIDANCE_SCALE),
-        width=_single(request, protocol.WIDTH),
-        height=_single(request, protocol.HEIGHT),
-        seed=_single(request, protocol.SEED),
-        num_images=_single(request, protocol.NUM_IMAGES),
-    )
+    values = {spec.attribute: _single(request, spec) for spec in triton.INPUTS}
+    return RawRequest(**{**values, "prompt": values["prompt"] or ""})
 
 
 def _error(message: str, code: Any) -> Any:
@@ -174,7 +139,7 @@ class TritonPythonModel:
         self.max_images_per_call = max(
             int(config["max_batch_size"]), self.tier.spec.limits.max_images_per_request
         )
-        self.metrics = _Metrics({"model": args["model_name"], "tier": self.tier.name})
+        self.metrics = _Metrics({m.MODEL: args["model_name"], m.TIER: self.tier.name})
         self.metrics.allocated_gpus.set(float(self.tier.spec.resources.gpus))
         defaults = self.tier.spec.defaults
         # One step at the default shape, so the first client does not pay for kernel setup.
@@ -236,7 +201,7 @@ class TritonPythonModel:
             for position, pngs in zip(members, result.images, strict=True):
                 images = np.array([pngs], dtype=np.object_)
                 responses[position] = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(protocol.IMAGES, images)]
+                    output_tensors=[pb_utils.Tensor(triton.IMAGES, images)]
                 )
         return responses
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from duotone_operator.api import parse_imd
+from duotone_contracts.api import parse_imd
 from tests.support.cluster import Cluster
 from tests.support.manifests import load_examples
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from duotone_operator.api import parse_imd
-from duotone_runtime.client import metric_sum, scrape_metrics
+from duotone_contracts.api import parse_imd
 from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
-from duotone_runtime.router.local import LocalStack
-from tests.support.builders import imd
+from duotone_testbed.clients import metric_sum, scrape_metrics
+from duotone_testbed.stack import LocalStack
+from tests.support import presets
 from tests.support.cluster import Cluster, wait_for
 from tests.support.operator_process import OperatorProcess, wait_ready
 from tests.support.prometheus import Prometheus, ScrapeTarget, start_prometheus
@@ -34,32 +34,19 @@ NAME = "sd"
 
 
 def _manifest(namespace: str, prometheus_url: str) -> dict[str, Any]:
-    manifest = (
-        imd(NAME)
-        .tier("efficient", min=1, max=3)
-        .resources(gpus=0, cpu="500m", memory="1Gi")
-        .defaults(steps=8, guidanceScale=0.0, width=64, height=64)
-        .limits(maxSteps=8, maxWidth=128, maxHeight=128, maxImagesPerRequest=1)
+    """Efficient traffic only, flagship at zero; a 5 s window so scale-down shows quickly."""
+    return (
+        presets.scaled_pair(NAME, namespace, prometheus_url)
+        .tier("efficient")
         .batching(maxBatchSize=8, maxQueueDelayMs=5, maxQueueSize=64, requestTimeoutMs=60000)
         .slo(p50_ms=60000)
-        .tier("flagship", min=0, max=2)
-        .resources(gpus=0, cpu="500m", memory="1Gi")
-        .defaults(steps=2, guidanceScale=0.0, width=64, height=64)
-        .limits(maxSteps=8, maxWidth=128, maxHeight=128, maxImagesPerRequest=1)
+        .tier("flagship")
         .batching(maxBatchSize=1, maxQueueDelayMs=0, maxQueueSize=4, requestTimeoutMs=150000)
         .slo(p50_ms=60000)
         .traffic(efficientPercent=100, overflow="reject")
-        .router(replicas=1, resources={"cpu": "100m", "memory": "128Mi"})
-        .autoscaling(
-            targetQueueDepthPerReplica=2,
-            scaleDownStabilizationSeconds=5,
-            scaleToZeroIdleSeconds=3600,
-            metrics={"source": "prometheus", "prometheusUrl": prometheus_url},
-        )
+        .autoscaling(scaleDownStabilizationSeconds=5, scaleToZeroIdleSeconds=3600)
         .build()
     )
-    manifest["metadata"]["namespace"] = namespace
-    return manifest
 
 
 @dataclass

@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from duotone_operator.api import parse_imd
-from duotone_operator.render.dashboard import build_dashboard
+from duotone_contracts.api import parse_imd
+from duotone_monitoring.dashboard import build_dashboard
 from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
-from duotone_runtime.router.local import LocalStack
-from tests.support.builders import imd
+from duotone_testbed.stack import LocalStack
+from tests.support import presets
 from tests.support.cluster import Cluster, wait_for
 from tests.support.helm import only, render, write_rule_file
 from tests.support.operator_process import OperatorProcess, wait_ready
@@ -44,31 +44,23 @@ VARIABLES = {"$__rate_interval": "5m", "${datasource}": "prometheus"}
 
 
 def _manifest(namespace: str, prometheus_url: str) -> dict[str, Any]:
-    manifest = (
-        imd(NAME)
-        .tier("efficient", min=1, max=3)
-        .resources(gpus=1, cpu="500m", memory="1Gi")
-        .defaults(steps=8, guidanceScale=0.0, width=64, height=64)
-        .limits(maxSteps=8, maxWidth=128, maxHeight=128, maxImagesPerRequest=2)
+    """Both tiers up and split 50/50 with overflow; GPUs declared (kwok GPU nodes) so the cost
+    panels have data; an efficient SLO of 20 ms that CPU always breaches."""
+    return (
+        presets.scaled_pair(NAME, namespace, prometheus_url)
+        .tier("efficient")
+        .resources(gpus=1)
+        .limits(maxImagesPerRequest=2)
         .batching(maxBatchSize=8, maxQueueDelayMs=5, maxQueueSize=64, requestTimeoutMs=60000)
         .slo(p50_ms=20)
-        .tier("flagship", min=1, max=2)
-        .resources(gpus=1, cpu="500m", memory="1Gi")
-        .defaults(steps=2, guidanceScale=0.0, width=64, height=64)
-        .limits(maxSteps=8, maxWidth=128, maxHeight=128, maxImagesPerRequest=1)
+        .tier("flagship", min=1)
+        .resources(gpus=1)
         .batching(maxBatchSize=4, maxQueueDelayMs=0, maxQueueSize=16, requestTimeoutMs=60000)
         .slo(p50_ms=60000)
         .traffic(efficientPercent=50, overflow="efficient")
-        .router(replicas=1, resources={"cpu": "100m", "memory": "128Mi"})
-        .autoscaling(
-            targetQueueDepthPerReplica=2,
-            scaleDownStabilizationSeconds=300,
-            metrics={"source": "prometheus", "prometheusUrl": prometheus_url},
-        )
+        .autoscaling(scaleDownStabilizationSeconds=300)
         .build()
     )
-    manifest["metadata"]["namespace"] = namespace
-    return manifest
 
 
 def _meta_labels(namespace: str, service: str, labels: dict[str, str]) -> dict[str, str]:

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from duotone_operator.api import parse_imd
+from duotone_contracts.api import parse_imd
 from duotone_operator.render import names
 from duotone_operator.render.children import render_children
 from duotone_operator.render.objects import RenderSettings
+from tests.support import presets
 from tests.support.builders import imd
 from tests.support.cluster import Cluster, wait_for
 from tests.support.manifests import load_examples
@@ -228,19 +229,7 @@ def test_example_reconciles_to_ready_with_every_child(
 
 
 def _tiny(name: str) -> dict[str, Any]:
-    """A CPU-only two-tier IMD small enough that 20 of them fit the fake CPU node."""
-    manifest = (
-        imd(name)
-        .tier("efficient", gpus=0)
-        .defaults(steps=2, width=64, height=64)
-        .tier("flagship", gpus=0)
-        .defaults(steps=8, width=64, height=64)
-        .build()
-    )
-    for tier in manifest["spec"]["tiers"].values():
-        tier["resources"].update(cpu="500m", memory="1Gi")
-    manifest["spec"]["router"] = {"replicas": 1, "resources": {"cpu": "100m", "memory": "128Mi"}}
-    return manifest
+    return presets.small_pair(name).build()
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from duotone_operator.api.validation import parse_imd
+from duotone_contracts.api.validation import parse_imd
 from duotone_operator.render.router import render_router_rbac
-from duotone_runtime.router.discovery import Addresses, EndpointSliceDiscovery, KubeAccess
+from duotone_router.discovery import Addresses, EndpointSliceDiscovery, KubeAccess
 from tests.support.builders import imd
 from tests.support.cluster import Cluster
 

@@ -1,4 +1,8 @@
-"""The operator core installs without torch, Kopf or the Kubernetes client (a real pip install)."""
+"""Each program installs alone (a real pip install into a clean venv) with only what it runs.
+
+The contracts pull pydantic only; the router image's packages pull no torch, diffusers or
+Kubernetes client and no other Duotone program (router/Dockerfile installs exactly these).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,20 @@ from pathlib import Path
 
 from tests.support.manifests import ROOT
 
-HEAVY = ("torch", "diffusers", "transformers", "kopf", "kubernetes", "tritonclient")
+ML = ("torch", "diffusers", "transformers")
+HEAVY = (*ML, "kopf", "kubernetes", "tritonclient")
 
 
-def test_plain_install_pulls_no_torch_and_the_api_imports(tmp_path: Path) -> None:
+def _venv_with(tmp_path: Path, *packages: str) -> tuple[Path, set[str]]:
+    """A fresh venv with the repository's `packages` folders installed; its python and the
+    distributions it holds."""
     env = tmp_path / "venv"
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
-    # Same package index and wheel settings as the developer's pip; no cache writes into $HOME.
     subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-cache-dir", "-e", str(ROOT)],
+        [python, "-m", "pip", "install", "--quiet", *(str(ROOT / p) for p in packages)],
         check=True,
-        timeout=300,
+        timeout=600,
     )
     listed = subprocess.run(
         [python, "-m", "pip", "list", "--format=freeze"],
@@ -28,22 +34,45 @@ def test_plain_install_pulls_no_torch_and_the_api_imports(tmp_path: Path) -> Non
         capture_output=True,
         text=True,
     ).stdout.lower()
-    installed = {line.split("==")[0] for line in listed.splitlines()}
-    assert not installed & set(HEAVY), f"base install pulled {installed & set(HEAVY)}"
-    probe = (
-        "import sys, duotone_operator.api as api; "
-        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
-        "assert not heavy, heavy; "
-        "print(api.parse_imd.__name__)"
-    )
+    return python, {line.split("==")[0] for line in listed.splitlines()}
+
+
+def test_the_contracts_install_alone_and_pull_pydantic_only(tmp_path: Path) -> None:
+    python, installed = _venv_with(tmp_path, "contracts")
+    assert not installed & set(HEAVY), f"the contracts pulled {installed & set(HEAVY)}"
+    assert {"duotone-contracts", "pydantic"} <= installed
+    probe = "import duotone_contracts.api as api; print(api.parse_imd.__name__)"
     out = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "parse_imd"
+
+
+def test_the_router_installs_without_torch_or_the_other_programs(tmp_path: Path) -> None:
+    python, installed = _venv_with(tmp_path, "contracts", "router")
+    assert not installed & {*ML, "kopf", "kubernetes"}, installed
+    assert not installed & {"duotone-operator", "duotone-runtime", "duotone-testbed"}
+    assert {"duotone-router", "tritonclient", "aiohttp"} <= installed
+    no_torch = subprocess.run(
+        [python, "-c", "import torch"], check=False, capture_output=True, text=True
+    )
+    assert no_torch.returncode != 0
+    assert "No module named 'torch'" in no_torch.stderr
+    router = python.parent / "duotone-router"
+    assert (
+        "--config"
+        in subprocess.run([router, "--help"], check=True, capture_output=True, text=True).stdout
+    )
+    probe = (
+        "import sys, duotone_router.app, duotone_router.cli; "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules and m != 'tritonclient'))"
+    )
+    out = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == ""
 
 
 def test_api_import_loads_no_heavy_module_in_this_environment() -> None:
     """Even with everything installed, importing the API pulls none of the heavy stacks."""
     probe = (
-        "import sys, duotone_operator.api; "
+        "import sys, duotone_contracts.api; "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)

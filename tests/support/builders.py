@@ -17,8 +17,14 @@ class IMDBuilder:
 
     def __init__(self, name: str, image: str = "duotone-runtime:dev") -> None:
         self._name = name
+        self._namespace: str | None = None
         self._spec: dict[str, Any] = {"runtime": {"image": image}, "tiers": {}}
         self._tier: str | None = None
+
+    def namespace(self, namespace: str) -> Self:
+        """Put the manifest in `namespace` (metadata.namespace)."""
+        self._namespace = namespace
+        return self
 
     def tier(
         self,
@@ -80,10 +86,13 @@ class IMDBuilder:
         return self
 
     def build(self) -> dict[str, Any]:
+        metadata = {"name": self._name}
+        if self._namespace is not None:
+            metadata["namespace"] = self._namespace
         return {
             "apiVersion": "duotone.io/v1alpha1",
             "kind": "ImageModelDeployment",
-            "metadata": {"name": self._name},
+            "metadata": metadata,
             "spec": copy.deepcopy(self._spec),
         }
 

@@ -19,7 +19,7 @@ import celpy
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 
-from duotone_operator.api.validation import FieldError
+from duotone_contracts.api.validation import FieldError
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from duotone_runtime.launcher import free_port
-from duotone_runtime.local import stop_process
+from duotone_testbed.local import stop_process
 from tests.support.cluster import Cluster, wait_for
 from tests.support.manifests import CRD_PATH, ROOT
 

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from duotone_runtime.router.images import GENERATIONS_PATH
+from duotone_router.images import GENERATIONS_PATH
 
 
 def generate_status(url: str, body: dict[str, Any], timeout_s: float = 60) -> int:

@@ -47,6 +47,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The router image the operator gives IMDs that name none. */}}
+{{- define "duotone.routerImage" -}}
+{{- printf "%s:%s" .Values.routerImage.repository (default .Chart.AppVersion .Values.routerImage.tag) }}
+{{- end }}
+
 {{/* The operator's RBAC rules (files/operator-rbac-rules.yaml, the same file the e2e tests
 bind), as a list. */}}
 {{- define "duotone.rbacRules" -}}

@@ -1,1 +1,1 @@
-"""Pure decisions (retry backoff now; autoscaling and routing next). No I/O, time passed in."""
+"""Pure decisions: autoscaling, retry backoff, watch freshness. No I/O; time is passed in."""

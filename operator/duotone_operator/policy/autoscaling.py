@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from duotone_operator.api.v1alpha1 import TIER_NAMES, ImageModelDeployment, TierName
+from duotone_contracts.api.v1alpha1 import TIER_NAMES, ImageModelDeployment, TierName
 
 GROWTH_FACTOR = 2.0
 GROWTH_MIN_STEP = 4

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName
+from duotone_contracts.api.v1alpha1 import ImageModelDeployment, TierName
 from duotone_operator.render.objects import Manifest, RenderSettings
 from duotone_operator.render.router import (
     render_router_config_map,

@@ -6,7 +6,8 @@ child name, `<imd>-flagship-config`, stays within the 63-character DNS label lim
 
 from __future__ import annotations
 
-from duotone_operator.api.v1alpha1 import TierName
+from duotone_contracts.api.v1alpha1 import TierName
+from duotone_contracts.services import ROUTER_HTTP
 
 PART_OF = "duotone"
 MANAGED_BY = "duotone-operator"
@@ -19,11 +20,6 @@ TIER_LABEL = "duotone.io/tier"
 CONFIG_HASH_ANNOTATION = "duotone.io/config-hash"
 COMPONENT_TIER = "tier"
 COMPONENT_ROUTER = "router"
-
-HTTP_PORT = 8000
-GRPC_PORT = 8001
-METRICS_PORT = 8002
-ROUTER_PORT = 8080
 
 
 def tier_name(imd: str, tier: TierName) -> str:
@@ -53,7 +49,7 @@ def router_config_name(imd: str) -> str:
 
 def endpoint(imd: str, namespace: str) -> str:
     """The in-cluster URL clients call."""
-    return f"http://{router_name(imd)}.{namespace}.svc:{ROUTER_PORT}"
+    return f"http://{router_name(imd)}.{namespace}.svc:{ROUTER_HTTP.number}"
 
 
 def instance_labels(imd: str) -> dict[str, str]:

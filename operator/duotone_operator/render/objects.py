@@ -6,12 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from duotone_operator.api.v1alpha1 import ImageModelDeployment
+from duotone_contracts.api.v1alpha1 import ImageModelDeployment
+from duotone_contracts.services import ServicePort
 
 CONFIG_MOUNT = "/etc/duotone"
 """Where a pod's ConfigMap (tier.json or router.json) is mounted."""
 RUNTIME_UID = 10001
 """The runtime image's non-root user (runtime/Dockerfile)."""
+
+DEFAULT_ROUTER_IMAGE = "registry.example.com/duotone-router:0.1.0"
+"""The router image when neither the IMD nor the operator's --router-image names one."""
 
 Manifest = dict[str, Any]
 
@@ -26,8 +30,8 @@ class RenderSettings:
     """Pause before SIGTERM so Services stop routing to a terminating pod first."""
     shm_size: str = "1Gi"
     """Shared memory of the Triton Python backend (requests and responses pass through it)."""
-    router_image: str | None = None
-    """Router image when the IMD names none; None means the runtime image."""
+    router_image: str = DEFAULT_ROUTER_IMAGE
+    """Router image when the IMD names none (built from router/Dockerfile)."""
 
     @property
     def termination_grace_seconds(self) -> int:
@@ -81,3 +85,13 @@ def restricted_pod_security() -> Manifest:
         "fsGroup": RUNTIME_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def container_port(port: ServicePort) -> Manifest:
+    """A container's named port."""
+    return {"name": port.name, "containerPort": port.number, "protocol": "TCP"}
+
+
+def service_port(port: ServicePort) -> Manifest:
+    """A Service port that targets the container port of the same name."""
+    return {"name": port.name, "port": port.number, "targetPort": port.name, "protocol": "TCP"}

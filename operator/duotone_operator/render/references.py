@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from duotone_operator.api.sources import parse_model_source
-from duotone_operator.api.v1alpha1 import ImageModelDeployment
+from duotone_contracts.api.sources import parse_model_source
+from duotone_contracts.api.v1alpha1 import ImageModelDeployment
 from duotone_operator.render.status import Problem
 
 

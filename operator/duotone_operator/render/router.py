@@ -2,68 +2,67 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from duotone_operator.api.v1alpha1 import ImageModelDeployment
+from duotone_contracts.api.v1alpha1 import ImageModelDeployment
+from duotone_contracts.routing_table import ROUTING_TABLE_FILE, RoutingTable, TierRoute, Traffic
+from duotone_contracts.services import ROUTER_HTTP, TIER_GRPC, TIER_HTTP, TIER_METRICS
 from duotone_operator.render import names
 from duotone_operator.render.objects import (
     CONFIG_MOUNT,
     Manifest,
     RenderSettings,
+    container_port,
     object_metadata,
     restricted_container_security,
     restricted_pod_security,
+    service_port,
 )
 
-ROUTER_CONFIG_FILE = "router.json"
 API_KEYS_MOUNT = "/var/run/secrets/duotone/api-keys"
 
 
-def routing_table(imd: ImageModelDeployment) -> dict[str, Any]:
+def routing_table(imd: ImageModelDeployment) -> RoutingTable:
     """What the router needs to route and guard requests; hot-reloaded from its ConfigMap."""
     spec = imd.spec
     namespace = imd.metadata.namespace
     tiers = {}
     for tier, tier_spec in spec.tiers.present().items():
         service = names.tier_name(imd.metadata.name, tier)
-        tiers[tier] = {
-            "service": service,
-            "host": f"{service}.{namespace}.svc",
-            "grpcPort": names.GRPC_PORT,
-            "httpPort": names.HTTP_PORT,
-            "metricsPort": names.METRICS_PORT,
-            "defaults": tier_spec.defaults.model_dump(mode="json"),
-            "limits": tier_spec.limits.model_dump(mode="json"),
-            "slo": tier_spec.slo.model_dump(mode="json"),
-            "requestTimeoutMs": tier_spec.batching.request_timeout_ms,
-            "maxQueueSize": tier_spec.batching.max_queue_size,
-        }
+        tiers[tier] = TierRoute(
+            service=service,
+            host=f"{service}.{namespace}.svc",
+            grpc_port=TIER_GRPC.number,
+            http_port=TIER_HTTP.number,
+            metrics_port=TIER_METRICS.number,
+            defaults=tier_spec.defaults,
+            limits=tier_spec.limits,
+            slo=tier_spec.slo,
+            request_timeout_ms=tier_spec.batching.request_timeout_ms,
+            max_queue_size=tier_spec.batching.max_queue_size,
+        )
     router = spec.router
-    return {
-        "name": imd.metadata.name,
-        "namespace": namespace,
-        "tiers": tiers,
-        "traffic": {
-            "efficientPercent": spec.efficient_percent(),
-            "clientTierSelection": spec.traffic.client_tier_selection,
-            "overflow": spec.traffic.overflow,
-            "efficientOverflow": spec.traffic.efficient_overflow,
-        },
-        "rateLimit": router.rate_limit.model_dump(mode="json", exclude_none=True),
-        "maxBodyBytes": router.max_body_bytes,
-        "apiKeysPath": API_KEYS_MOUNT if router.api_keys_secret_ref is not None else None,
-    }
+    return RoutingTable(
+        name=imd.metadata.name,
+        namespace=namespace,
+        tiers=tiers,
+        traffic=Traffic(
+            efficient_percent=spec.efficient_percent(),
+            client_tier_selection=spec.traffic.client_tier_selection,
+            overflow=spec.traffic.overflow,
+            efficient_overflow=spec.traffic.efficient_overflow,
+        ),
+        rate_limit=router.rate_limit,
+        max_body_bytes=router.max_body_bytes,
+        api_keys_path=API_KEYS_MOUNT if router.api_keys_secret_ref is not None else None,
+    )
 
 
 def render_router_config_map(imd: ImageModelDeployment) -> Manifest:
     name = imd.metadata.name
-    table = json.dumps(routing_table(imd), indent=2, sort_keys=True) + "\n"
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_metadata(imd, names.router_config_name(name), names.router_labels(name)),
-        "data": {ROUTER_CONFIG_FILE: table},
+        "data": {ROUTING_TABLE_FILE: routing_table(imd).to_json()},
     }
 
 
@@ -71,7 +70,7 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
     """The router pods. Config changes are hot-reloaded, so they do not roll these pods."""
     name = imd.metadata.name
     router = imd.spec.router
-    image = router.image or settings.router_image or imd.spec.runtime.image
+    image = router.image or settings.router_image
     volumes: list[Manifest] = [
         {"name": "config", "configMap": {"name": names.router_config_name(name)}},
         {"name": "tmp", "emptyDir": {}},
@@ -94,15 +93,15 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
         "command": ["duotone-router"],
         "args": [
             "--config",
-            f"{CONFIG_MOUNT}/{ROUTER_CONFIG_FILE}",
+            f"{CONFIG_MOUNT}/{ROUTING_TABLE_FILE}",
             "--port",
-            str(names.ROUTER_PORT),
+            str(ROUTER_HTTP.number),
         ],
-        "ports": [{"name": "http", "containerPort": names.ROUTER_PORT, "protocol": "TCP"}],
+        "ports": [container_port(ROUTER_HTTP)],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, **probe},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, **probe},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": ROUTER_HTTP.name}, **probe},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": ROUTER_HTTP.name}, **probe},
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }
@@ -142,9 +141,7 @@ def render_router_service(imd: ImageModelDeployment) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": names.router_selector(name),
-            "ports": [
-                {"name": "http", "port": names.ROUTER_PORT, "targetPort": "http", "protocol": "TCP"}
-            ],
+            "ports": [service_port(ROUTER_HTTP)],
         },
     }
 

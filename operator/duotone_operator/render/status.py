@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from duotone_operator.api.v1alpha1 import TIER_NAMES, ImageModelDeployment, TierName
+from duotone_contracts.api.v1alpha1 import TIER_NAMES, ImageModelDeployment, TierName
 from duotone_operator.policy.autoscaling import ScaleDecision
 from duotone_operator.render import names
 
@@ -43,6 +43,42 @@ class DeploymentObservation:
             and self.replicas == self.desired
             and self.ready_enough
         )
+
+
+def observe_deployment(deployment: Mapping[str, Any]) -> DeploymentObservation:
+    """What a Deployment manifest (as listed or watched) says about readiness."""
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    conditions = status.get("conditions") or []
+    stuck = any(
+        c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in conditions
+    )
+    return DeploymentObservation(
+        desired=int(spec.get("replicas", 1)),
+        replicas=int(status.get("replicas") or 0),
+        ready=int(status.get("readyReplicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        generation=int(deployment["metadata"].get("generation") or 0),
+        observed_generation=int(status.get("observedGeneration") or 0),
+        stuck=stuck,
+    )
+
+
+def tier_observations(
+    children: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> dict[TierName, DeploymentObservation]:
+    """Observations of the tier Deployments among an IMD's children ((kind, name) -> manifest),
+    by tier."""
+    found: dict[TierName, DeploymentObservation] = {}
+    for (kind, _), child in children.items():
+        tier = child["metadata"].get("labels", {}).get(names.TIER_LABEL)
+        if kind != "Deployment":
+            continue
+        for name in TIER_NAMES:
+            if tier == name:
+                found[name] = observe_deployment(child)
+    return found
 
 
 Verdict = tuple[bool, str, str]

@@ -5,28 +5,30 @@ from __future__ import annotations
 import hashlib
 import json
 
-from duotone_operator.api.sources import parse_model_source
-from duotone_operator.api.v1alpha1 import ImageModelDeployment, TierName, TierSpec
+from duotone_contracts.api.sources import parse_model_source
+from duotone_contracts.api.v1alpha1 import ImageModelDeployment, TierName, TierSpec
+from duotone_contracts.services import TIER_GRPC, TIER_HTTP, TIER_METRICS
+from duotone_contracts.tier import TIER_DOCUMENT_FILE, TierDocument
 from duotone_operator.render import names
 from duotone_operator.render.objects import (
     CONFIG_MOUNT,
     Manifest,
     RenderSettings,
+    container_port,
     object_metadata,
     restricted_container_security,
     restricted_pod_security,
+    service_port,
 )
 
-TIER_CONFIG_FILE = "tier.json"
 MODEL_MOUNT = "/models"
 HF_CACHE_MOUNT = "/models/hf-cache"
 HF_TOKEN_MOUNT = "/var/run/secrets/duotone/hf"
 
 
 def tier_config(tier: TierName, spec: TierSpec) -> dict[str, str]:
-    """Data of the tier ConfigMap: the validated tier spec the runtime launcher reads."""
-    document = {"name": tier, "spec": spec.model_dump(mode="json")}
-    return {TIER_CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True) + "\n"}
+    """Data of the tier ConfigMap: the tier document the runtime launcher reads."""
+    return {TIER_DOCUMENT_FILE: TierDocument(tier, spec).to_json()}
 
 
 def config_hash(data: dict[str, str]) -> str:
@@ -139,7 +141,7 @@ def _tolerations(spec: TierSpec) -> list[Manifest]:
 
 def _http_probe(path: str, period: int, failures: int) -> Manifest:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": TIER_HTTP.name},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
@@ -167,25 +169,21 @@ def render_tier_deployment(
         "args": [
             "serve",
             "--config",
-            f"{CONFIG_MOUNT}/{TIER_CONFIG_FILE}",
+            f"{CONFIG_MOUNT}/{TIER_DOCUMENT_FILE}",
             "--model-source",
             _runtime_model_source(spec),
             "--device",
             "cuda" if spec.resources.gpus > 0 else "cpu",
             "--http-port",
-            str(names.HTTP_PORT),
+            str(TIER_HTTP.number),
             "--grpc-port",
-            str(names.GRPC_PORT),
+            str(TIER_GRPC.number),
             "--metrics-port",
-            str(names.METRICS_PORT),
+            str(TIER_METRICS.number),
             "--exit-timeout-secs",
             str(settings.exit_timeout_seconds),
         ],
-        "ports": [
-            {"name": "http", "containerPort": names.HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": names.GRPC_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
-        ],
+        "ports": [container_port(port) for port in (TIER_HTTP, TIER_GRPC, TIER_METRICS)],
         "env": _env(spec),
         "resources": _resources(spec),
         # Loading a large pipeline takes minutes: the startup probe allows 15, liveness then
@@ -257,16 +255,7 @@ def render_tier_service(imd: ImageModelDeployment, tier: TierName) -> Manifest:
             "type": "ClusterIP",
             "clusterIP": "None",
             "selector": names.tier_selector(name, tier),
-            "ports": [
-                {"name": "http", "port": names.HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": names.GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {
-                    "name": "metrics",
-                    "port": names.METRICS_PORT,
-                    "targetPort": "metrics",
-                    "protocol": "TCP",
-                },
-            ],
+            "ports": [service_port(port) for port in (TIER_HTTP, TIER_GRPC, TIER_METRICS)],
         },
     }
 

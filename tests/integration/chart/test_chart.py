@@ -13,12 +13,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from duotone_operator.render.dashboard import build_dashboard
+from duotone_monitoring.dashboard import build_dashboard
 from tests.support.helm import CHART, HelmError, helm, monitoring_crd, only, render
 from tests.support.manifests import CRD_PATH, ROOT
 
 KUBE_VERSION = "1.34.0"
 RBAC_RULES = yaml.safe_load((CHART / "files" / "operator-rbac-rules.yaml").read_text())
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 VALUE_SETS = [
     pytest.param({}, id="defaults"),
@@ -51,7 +52,7 @@ VALUE_SETS = [
             "fullnameOverride": "imagegen",
             "image": {"repository": "registry.internal/duotone-operator", "tag": "0.1.0-rc1"},
             "imagePullSecrets": [{"name": "registry"}],
-            "routerImage": "registry.internal/duotone-router:0.1.0",
+            "routerImage": {"repository": "registry.internal/duotone-router", "tag": "0.1.0"},
             "serviceAccount": {"create": False, "name": "imagegen"},
             "crds": {"enabled": False},
             "networkPolicy": {"enabled": False},
@@ -246,3 +247,25 @@ def test_pod_restarts_when_rbac_rules_change(tmp_path: Path) -> None:
 def test_no_path_of_the_repository_leaks_into_rendered_objects(tmp_path: Path) -> None:
     text = json.dumps(render(VALUE_SETS[1].values[0], tmp_path))
     assert str(ROOT) not in text
+
+
+@pytest.mark.parametrize(
+    ("values", "image"),
+    [
+        pytest.param({}, f"registry.example.com/duotone-router:{APP_VERSION}", id="default"),
+        pytest.param(
+            {"routerImage": {"repository": "registry.internal/duotone-router", "tag": "0.2.0"}},
+            "registry.internal/duotone-router:0.2.0",
+            id="own registry and tag",
+        ),
+    ],
+)
+def test_router_pods_default_to_the_router_image(
+    values: dict[str, Any], image: str, tmp_path: Path
+) -> None:
+    """Router pods run the router's own slim image, never the runtime's."""
+    container = only(render(values, tmp_path), "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DUOTONE_ROUTER_IMAGE"] == image

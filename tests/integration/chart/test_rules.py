@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from duotone_operator.render.dashboard import build_dashboard
+from duotone_monitoring.dashboard import build_dashboard
 from tests.support.helm import rule_groups, write_rule_file
 from tests.support.manifests import ROOT
 

@@ -21,34 +21,13 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from duotone_operator.api.validation import parse_imd
-from duotone_runtime.client import metric_sum, scrape_metrics
+from duotone_contracts.api.validation import parse_imd
 from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
-from duotone_runtime.router.local import LocalStack
-from tests.support.builders import IMDBuilder, imd
+from duotone_testbed.clients import metric_sum, scrape_metrics
+from duotone_testbed.stack import LocalStack
+from tests.support import presets
+from tests.support.builders import IMDBuilder
 from tests.support.cluster import wait_for
-
-
-def tiny_imd(name: str = "ab") -> IMDBuilder:
-    """Two CPU tiers of the tiny pipeline: a quick efficient one and a flagship whose queue
-    holds one request (easy to saturate). SLOs are loose so that CPU noise never overflows."""
-    return (
-        imd(name)
-        .tier("efficient")
-        .resources(gpus=0, cpu="1", memory="2Gi")
-        .defaults(steps=1, guidanceScale=0.0, width=64, height=64)
-        .limits(maxSteps=8, maxWidth=256, maxHeight=256, maxImagesPerRequest=2)
-        .batching(maxBatchSize=16, maxQueueDelayMs=5, maxQueueSize=64, requestTimeoutMs=30000)
-        .slo(p50_ms=60000)
-        .tier("flagship")
-        .resources(gpus=0, cpu="1", memory="2Gi")
-        .defaults(steps=2, guidanceScale=0.0, width=64, height=64)
-        .limits(maxSteps=16, maxWidth=256, maxHeight=256, maxImagesPerRequest=2)
-        .batching(maxBatchSize=1, maxQueueDelayMs=0, maxQueueSize=1, requestTimeoutMs=30000)
-        .slo(p50_ms=60000)
-        .traffic(efficientPercent=80)
-        .router(rateLimit={"requestsPerMinutePerKey": 60, "burst": 2})
-    )
 
 
 def start_stack(
@@ -72,7 +51,7 @@ def start_stack(
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """One efficient and one flagship server and a router, shared by the package's tests."""
-    started = start_stack(tmp_path_factory.mktemp("stack"), tiny_imd())
+    started = start_stack(tmp_path_factory.mktemp("stack"), presets.tiny_pair())
     try:
         yield started
     finally:

@@ -11,20 +11,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from duotone_runtime.router.local import LocalStack
+from duotone_testbed.stack import LocalStack
 from tests.integration.router.conftest import (
     Answer,
     post_many,
     router_metric,
     start_stack,
-    tiny_imd,
 )
+from tests.support import presets
 
 
 @pytest.fixture
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """Two efficient pods behind a router (no flagship); a fresh pair for each test."""
-    builder = tiny_imd("pair")
+    builder = presets.tiny_pair("pair")
     builder._spec["tiers"].pop("flagship")
     builder._spec.pop("traffic")
     started = start_stack(tmp_path_factory.mktemp("pair"), builder, pods={"efficient": 2})

@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from duotone_runtime.router.local import LocalStack
+from duotone_testbed.stack import LocalStack
 from tests.integration.router.conftest import reconfigure
 
 TIGHT = {

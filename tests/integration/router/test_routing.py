@@ -10,7 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from duotone_runtime.router.local import LocalStack
+from duotone_testbed.stack import LocalStack
 from tests.integration.router.conftest import (
     post,
     post_many,

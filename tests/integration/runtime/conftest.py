@@ -17,9 +17,9 @@ import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
 import tritonclient.http as httpclient  # type: ignore[import-untyped]
 from PIL import Image
 
-from duotone_runtime import local
-from duotone_runtime.client import ImageRequest, generate_grpc, generate_http
 from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
+from duotone_testbed import local
+from duotone_testbed.clients import ImageRequest, generate_grpc, generate_http
 
 STARTUP_DEADLINE_S = 180.0
 
@@ -117,8 +117,8 @@ def runtime_stack() -> None:
     missing = [m for m in ("torch", "diffusers") if not importlib.util.find_spec(m)]
     if missing:
         pytest.fail(
-            f"runtime tests need {', '.join(missing)}: install the runtime extra "
-            "(pip install -e '.[runtime]')"
+            f"runtime tests need {', '.join(missing)}: install the runtime package "
+            "(make install, or pip install ./contracts ./runtime)"
         )
     try:
         find_tritonserver()

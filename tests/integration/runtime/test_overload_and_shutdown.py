@@ -14,10 +14,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from duotone_runtime import protocol
-from duotone_runtime.client import ImageRequest
-from duotone_runtime.local import answers_ok
-from duotone_runtime.router.backends import Failure, classify
+from duotone_contracts import triton
+from duotone_router.backends import Failure, classify
+from duotone_testbed.clients import ImageRequest
+from duotone_testbed.local import answers_ok
 from tests.integration.runtime.conftest import (
     RuntimeServer,
     full,
@@ -125,7 +125,7 @@ def test_sigterm_refuses_new_requests_finishes_in_flight_ones_and_exits(
     probe = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         assert not probe.is_server_ready()
-        assert not probe.is_model_ready(protocol.DEFAULT_MODEL_NAME)
+        assert not probe.is_model_ready(triton.DEFAULT_MODEL_NAME)
         # Draining is not hanging: liveness holds, so the kubelet does not restart the pod.
         assert probe.is_server_live()
     finally:

@@ -12,8 +12,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
-from duotone_runtime import protocol
-from duotone_runtime.client import ImageRequest, client_inputs, generate_grpc, generate_http, pngs
+from duotone_contracts import triton
+from duotone_testbed.clients import ImageRequest, client_inputs, generate_grpc, generate_http, pngs
 from tests.integration.runtime.conftest import RuntimeServer, full, png_size, send, wait_until
 
 pytestmark = pytest.mark.integration
@@ -111,9 +111,9 @@ def test_streaming_grpc_passes_the_gate_with_the_same_bytes(grpc_client: Any) ->
     try:
         for _ in range(2):
             grpc_client.async_stream_infer(
-                protocol.DEFAULT_MODEL_NAME,
+                triton.DEFAULT_MODEL_NAME,
                 client_inputs(grpcclient, request),
-                outputs=[grpcclient.InferRequestedOutput(protocol.IMAGES)],
+                outputs=[grpcclient.InferRequestedOutput(triton.IMAGES)],
             )
         streamed = [results.get(timeout=60) for _ in range(2)]
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -9,20 +10,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from duotone_operator.api.v1alpha1 import RequestDefaults, RequestLimits, SLOSpec
-from duotone_operator.policy.ratelimit import TokenBucket, take
-from duotone_operator.render.endpoints import addresses_from_slices
-from duotone_runtime.gate import REFUSED
-from duotone_runtime.router.backends import Failure, classify
-from duotone_runtime.router.config import ConfigError, TierRoute, parse_static_backends
-from duotone_runtime.router.images import (
-    ApiError,
+from duotone_contracts.api.v1alpha1 import (
+    RateLimitSpec,
+    RequestDefaults,
+    RequestLimits,
+    SLOSpec,
+)
+from duotone_contracts.routing_table import TierRoute
+from duotone_contracts.services import addresses_from_slices
+from duotone_contracts.triton import DRAINING_REFUSAL
+from duotone_router.backends import Failure, classify
+from duotone_router.config import ConfigError, parse_static_backends
+from duotone_router.guards import ANONYMOUS, RateLimiter, authenticate, read_body
+from duotone_router.images import (
     generation_request,
     openapi_document,
     parse_images_request,
     requested_tier,
 )
-from duotone_runtime.router.keys import bearer_token, load_api_keys
+from duotone_router.keys import bearer_token, load_api_keys
+from duotone_router.policy.ratelimit import TokenBucket, take
+from duotone_router.policy.reasons import Reason, Refused
+from duotone_router.responses import error_answer
 
 TIER = TierRoute(
     service="sd-efficient",
@@ -88,13 +97,13 @@ def test_bearer_token(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
 
 
-def _error(body: dict[str, object] | bytes) -> ApiError:
+def _error(body: dict[str, object] | bytes) -> Refused:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
 
     def attempt() -> None:
         generation_request(parse_images_request(raw), TIER, seed_if_missing=1)
 
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         attempt()
     return caught.value
 
@@ -154,9 +163,10 @@ def _error(body: dict[str, object] | bytes) -> ApiError:
 )
 def test_bad_requests_name_the_field(body, status, param, fragment) -> None:  # type: ignore[no-untyped-def]
     error = _error(body)
-    assert (error.status, error.param) == (status, param)
+    answer = error_answer(error, "request-1")
+    assert (answer.status, error.param) == (status, param)
     assert fragment in error.message
-    assert error.body()["error"]["param"] == param
+    assert answer.body["error"]["param"] == param
 
 
 def test_defaults_and_size_apply() -> None:
@@ -203,9 +213,10 @@ def test_requested_tier(body, tier) -> None:  # type: ignore[no-untyped-def]
 
 def test_unknown_model_is_404_model_not_found() -> None:
     request = parse_images_request(b'{"prompt": "x", "model": "dall-e-3"}')
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         requested_tier(request, ["efficient"])
-    assert (caught.value.status, caught.value.code, caught.value.param) == (
+    answer = error_answer(caught.value, "request-1")
+    assert (answer.status, answer.body["error"]["code"], caught.value.param) == (
         404,
         "model_not_found",
         "model",
@@ -230,7 +241,7 @@ def test_unknown_model_is_404_model_not_found() -> None:
         ),
         pytest.param(
             "StatusCode.UNAVAILABLE",
-            REFUSED,
+            DRAINING_REFUSAL,
             Failure.CONNECT,
             id="draining pod refused it: try another",
         ),
@@ -312,3 +323,67 @@ def test_openapi_document_describes_the_request_model() -> None:
     )
     assert schema["additionalProperties"] is False
     assert "422" in document["paths"]["/v1/images/generations"]["post"]["responses"]
+
+
+def test_an_open_endpoint_admits_everyone_as_anonymous() -> None:
+    assert authenticate(None, None) == ANONYMOUS
+    assert authenticate(None, "Bearer whatever") == ANONYMOUS
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        pytest.param(None, Reason.MISSING_API_KEY, id="no header: missing key"),
+        pytest.param("Basic s3cret", Reason.MISSING_API_KEY, id="other scheme: missing key"),
+        pytest.param("Bearer wrong", Reason.INVALID_API_KEY, id="unknown token: invalid key"),
+    ],
+)
+def test_keyed_endpoint_refuses_without_a_known_key(
+    tmp_path: Path, header: str | None, reason: Reason
+) -> None:
+    (tmp_path / "agents").write_text("s3cret")
+    keys = load_api_keys(tmp_path)
+    assert authenticate(keys, "Bearer s3cret") == "agents"
+    with pytest.raises(Refused) as refused:
+        authenticate(keys, header)
+    assert refused.value.reason is reason
+
+
+def test_body_guard_refuses_a_declared_size_without_reading() -> None:
+    reads: list[int] = []
+
+    async def read(n: int) -> bytes:
+        reads.append(n)
+        return b"x" * n
+
+    with pytest.raises(Refused) as refused:
+        asyncio.run(read_body(2000, read, limit=1024))
+    assert (refused.value.reason, refused.value.param) == (Reason.BODY_TOO_LARGE, "body")
+    assert reads == []
+
+
+@pytest.mark.parametrize(
+    ("size", "allowed"),
+    [pytest.param(1024, True, id="at the limit"), pytest.param(1025, False, id="one byte over")],
+)
+def test_body_guard_counts_what_arrives_without_a_declared_size(size: int, allowed: bool) -> None:
+    async def read(n: int) -> bytes:
+        return b"x" * min(n, size)
+
+    if allowed:
+        assert asyncio.run(read_body(None, read, limit=1024)) == b"x" * size
+    else:
+        with pytest.raises(Refused):
+            asyncio.run(read_body(None, read, limit=1024))
+
+
+def test_rate_limiter_keeps_one_bucket_per_key_and_says_when_to_retry() -> None:
+    limiter = RateLimiter()
+    limit = RateLimitSpec(requests_per_minute_per_key=60, burst=2)
+    for _ in range(2):
+        limiter.admit("a", limit, now=0.0)
+    limiter.admit("b", limit, now=0.0)  # another key has its own bucket
+    with pytest.raises(Refused) as refused:
+        limiter.admit("a", limit, now=0.0)
+    assert (refused.value.reason, refused.value.retry_after_s) == (Reason.RATE_LIMITED, 1)
+    limiter.admit("a", limit, now=1.0)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
-from duotone_operator.api import parse_imd
+from duotone_contracts.api import parse_imd
+from duotone_contracts.metrics import catalogue
+from duotone_contracts.routing_table import RoutingTable, parse_routing_table
 from duotone_operator.render.router import routing_table
-from duotone_runtime.router.config import RouterConfig, parse_router_config
-from duotone_runtime.router.metrics import RouterMetrics
+from duotone_router.metrics import RouterMetrics
 from tests.support.builders import imd
 
 
-def _config(slo_ms: int) -> RouterConfig:
+def _config(slo_ms: int) -> RoutingTable:
     manifest = imd("sd").tier("efficient").slo(p50_ms=slo_ms).tier("flagship").build()
-    return parse_router_config(json.dumps(routing_table(parse_imd(manifest))))
+    return parse_routing_table(routing_table(parse_imd(manifest)).to_json())
 
 
 def test_a_routing_table_starts_each_tiers_series_at_zero() -> None:
@@ -30,3 +29,15 @@ def test_a_routing_table_starts_each_tiers_series_at_zero() -> None:
         == 0
     )
     assert value("duotone_router_tier_slo_p50_latency_seconds", {"tier": "efficient"}) == 0.4
+
+
+def test_the_router_exports_exactly_the_contracts_router_families() -> None:
+    metrics = RouterMetrics()
+    metrics.show_config(_config(400))
+    exported = {family.name for family in metrics.registry.collect()}
+    declared = {
+        metric.name.removesuffix("_total")  # prometheus_client's family name of a counter
+        for metric in catalogue()
+        if metric.name.startswith("duotone_router_")
+    }
+    assert exported == declared

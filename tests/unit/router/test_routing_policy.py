@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from duotone_operator.policy.routing import (
+from duotone_router.policy.reasons import Reason
+from duotone_router.policy.routing import (
     BackendLoad,
     LatencyWindow,
     TierLoad,
@@ -27,7 +28,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
 
 
 @pytest.mark.parametrize(
-    ("requested", "policy", "loads", "draw", "tier", "kind", "degraded", "status"),
+    ("requested", "policy", "loads", "draw", "tier", "kind", "degraded", "refusal"),
     [
         pytest.param(
             None,
@@ -37,7 +38,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "efficient",
             "split",
             False,
-            200,
+            None,
             id="draw below 80% -> efficient",
         ),
         pytest.param(
@@ -48,7 +49,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "flagship",
             "split",
             False,
-            200,
+            None,
             id="draw above 80% -> flagship",
         ),
         pytest.param(
@@ -59,7 +60,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "efficient",
             "split",
             False,
-            200,
+            None,
             id="100% efficient never picks flagship",
         ),
         pytest.param(
@@ -70,7 +71,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "flagship",
             "split",
             False,
-            200,
+            None,
             id="0% efficient always flagship",
         ),
         pytest.param(
@@ -81,7 +82,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "flagship",
             "requested",
             False,
-            200,
+            None,
             id="named tier honoured over the split",
         ),
         pytest.param(
@@ -92,7 +93,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             None,
             "rejected",
             False,
-            403,
+            Reason.TIER_SELECTION_DISABLED,
             id="named tier refused when selection is disabled",
         ),
         pytest.param(
@@ -103,7 +104,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             None,
             "rejected",
             False,
-            422,
+            Reason.TIER_NOT_SERVED,
             id="named tier that is not served",
         ),
         pytest.param(
@@ -114,7 +115,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "flagship",
             "split",
             False,
-            200,
+            None,
             id="single tier takes everything",
         ),
         pytest.param(
@@ -125,7 +126,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "efficient",
             "overflow",
             True,
-            200,
+            None,
             id="flagship queue full -> efficient, degraded",
         ),
         pytest.param(
@@ -136,7 +137,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "efficient",
             "overflow",
             True,
-            200,
+            None,
             id="flagship p50 over SLO -> efficient, degraded",
         ),
         pytest.param(
@@ -147,8 +148,8 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             None,
             "rejected",
             False,
-            503,
-            id="flagship saturated with overflow reject -> 503",
+            Reason.TIER_SATURATED,
+            id="flagship saturated with overflow reject -> refused, saturated",
         ),
         pytest.param(
             None,
@@ -158,7 +159,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             None,
             "rejected",
             False,
-            503,
+            Reason.TIER_SATURATED,
             id="efficient saturated never goes to flagship by default",
         ),
         pytest.param(
@@ -169,7 +170,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "flagship",
             "overflow",
             False,
-            200,
+            None,
             id="efficient overflows to flagship only when configured",
         ),
         pytest.param(
@@ -180,7 +181,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "flagship",
             "split",
             False,
-            200,
+            None,
             id="over SLO with nowhere to overflow is served late, not refused",
         ),
         pytest.param(
@@ -191,7 +192,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "efficient",
             "split",
             False,
-            200,
+            None,
             id="slow efficient tier keeps serving by default",
         ),
         pytest.param(
@@ -202,8 +203,8 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             None,
             "rejected",
             False,
-            503,
-            id="both saturated -> 503",
+            Reason.TIER_SATURATED,
+            id="both saturated -> refused, saturated",
         ),
         pytest.param(
             None,
@@ -213,7 +214,7 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "efficient",
             "overflow",
             True,
-            200,
+            None,
             id="flagship at zero pods overflows while it wakes",
         ),
         pytest.param(
@@ -224,15 +225,22 @@ SPLIT = TrafficPolicy(efficient_percent=80)
             "flagship",
             "split",
             False,
-            200,
+            None,
             id="flagship at zero without overflow waits for a pod",
         ),
-        pytest.param(None, SPLIT, {}, 0.5, None, "rejected", False, 503, id="no tier configured"),
+        pytest.param(
+            None, SPLIT, {}, 0.5, None, "rejected", False, Reason.NO_TIER, id="no tier configured"
+        ),
     ],
 )
-def test_choose_tier(requested, policy, loads, draw, tier, kind, degraded, status) -> None:  # noqa: PLR0917  # type: ignore[no-untyped-def]
+def test_choose_tier(requested, policy, loads, draw, tier, kind, degraded, refusal) -> None:  # noqa: PLR0917  # type: ignore[no-untyped-def]
     route = choose_tier(requested, policy, loads, draw)
-    assert (route.tier, route.kind, route.degraded, route.status) == (tier, kind, degraded, status)
+    assert (route.tier, route.kind, route.degraded, route.refusal) == (
+        tier,
+        kind,
+        degraded,
+        refusal,
+    )
 
 
 def test_waiting_route_says_so_and_names_the_demand() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from duotone_contracts.limits import GenerationRequest
 from duotone_runtime.batching import PipelineCall, ShapeKey, plan_pipeline_calls
-from duotone_runtime.validation import GenerationRequest
 
 pytestmark = pytest.mark.unit
 

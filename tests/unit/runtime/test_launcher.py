@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from duotone_contracts.tier import parse_tier_document
 from duotone_runtime.launcher import (
     STUB,
     ServeOptions,
@@ -21,7 +24,7 @@ from duotone_runtime.launcher import (
     server_environment,
     write_model_repository,
 )
-from duotone_runtime.settings import default_tier, parse_tier_document
+from duotone_runtime.settings import default_tier
 
 pytestmark = pytest.mark.unit
 
@@ -97,8 +100,10 @@ def test_repository_layout(tmp_path: Path) -> None:
 
 def test_repository_carries_the_effective_tier(tmp_path: Path) -> None:
     config = (write_model_repository(OPTIONS, tmp_path) / "config.pbtxt").read_text()
-    line = config.split('key: "tier"', 1)[1].split("string_value: ", 1)[1].split(" }", 1)[0]
-    tier_json = line[1:-1].replace('\\"', '"')
+    after_key = config.split('key: "tier"', 1)[1]
+    literal = re.search(r'string_value: "((?:[^"\\]|\\.)*)"', after_key)
+    assert literal is not None
+    tier_json = codecs.decode(literal.group(1), "unicode_escape")  # the pbtxt string's escapes
     assert parse_tier_document(tier_json) == OPTIONS.tier
 
 
@@ -137,7 +142,7 @@ def test_importing_the_runtime_loads_no_heavy_stack() -> None:
     modules = "duotone_runtime, duotone_runtime.cli, duotone_runtime.launcher"
     heavy = ("torch", "diffusers", "transformers", "tritonclient", "numpy")
     probe = (
-        f"import sys, {modules}, duotone_runtime.validation, duotone_runtime.batching; "
+        f"import sys, {modules}, duotone_contracts.limits, duotone_runtime.batching; "
         f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""The tier document the operator renders, and command-line overrides."""
+"""Command-line overrides of the tier document, and the default device."""
 
 from __future__ import annotations
 
@@ -6,14 +6,9 @@ import json
 
 import pytest
 
-from duotone_operator.api.v1alpha1 import FlagshipTierSpec, TierSpec
-from duotone_runtime.settings import (
-    TierConfigError,
-    default_device,
-    default_tier,
-    parse_tier_document,
-    with_overrides,
-)
+from duotone_contracts.api.v1alpha1 import TierSpec
+from duotone_contracts.tier import TierDocumentError, parse_tier_document
+from duotone_runtime.settings import default_device, default_tier, with_overrides
 
 pytestmark = pytest.mark.unit
 
@@ -21,44 +16,6 @@ pytestmark = pytest.mark.unit
 def document(name: str = "efficient", **spec: object) -> str:
     body = {"model": {"source": "builtin://tiny", "dtype": "float32"}} | spec
     return json.dumps({"name": name, "spec": body})
-
-
-def test_operator_document_round_trips() -> None:
-    spec = TierSpec.model_validate(
-        {"model": {"source": "pvc://models/sdxl", "dtype": "bfloat16"}, "limits": {"maxSteps": 6}}
-    )
-    rendered = json.dumps({"name": "efficient", "spec": spec.model_dump(mode="json")})
-    tier = parse_tier_document(rendered)
-    assert tier.spec == spec
-    assert parse_tier_document(tier.to_json()) == tier
-
-
-def test_flagship_document_gets_flagship_defaults() -> None:
-    tier = parse_tier_document(document("flagship"))
-    assert isinstance(tier.spec, FlagshipTierSpec)
-    assert tier.spec.defaults.steps == 30
-    assert tier.spec.batching.max_batch_size == 4
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        pytest.param("not json", "not JSON", id="not JSON"),
-        pytest.param('{"name": "efficient"}', "spec: not a valid", id="spec missing"),
-        pytest.param(document("premium"), "name: must be one of", id="unknown tier name"),
-        pytest.param(
-            json.dumps({"name": "efficient", "spec": {}, "extra": 1}),
-            'keys "name" and "spec"',
-            id="unknown top-level key",
-        ),
-        pytest.param(
-            document(defaults={"steps": 20}), "defaults.steps must not exceed", id="rule broken"
-        ),
-    ],
-)
-def test_bad_documents_are_refused(text: str, message: str) -> None:
-    with pytest.raises(TierConfigError, match=message):
-        parse_tier_document(text)
 
 
 def test_flags_override_the_document() -> None:
@@ -75,12 +32,12 @@ def test_flags_override_the_document() -> None:
 def test_download_flag_applies_only_to_hf_sources() -> None:
     tier = default_tier("efficient", "hf://org/model@main")
     assert with_overrides(tier, allow_download=True).spec.model.allow_download
-    with pytest.raises(TierConfigError, match="allowDownload applies only to hf://"):
+    with pytest.raises(TierDocumentError, match="allowDownload applies only to hf://"):
         with_overrides(tier, model_source="builtin://tiny", allow_download=True)
 
 
 def test_bad_model_source_override_is_refused() -> None:
-    with pytest.raises(TierConfigError, match="model source"):
+    with pytest.raises(TierDocumentError, match="model source"):
         with_overrides(default_tier("efficient", "builtin://tiny"), model_source="s3://x/y")
 
 

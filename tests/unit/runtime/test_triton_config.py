@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from duotone_operator.api.v1alpha1 import BatchingSpec
-from duotone_runtime import protocol
+from duotone_contracts import triton
+from duotone_contracts.api.v1alpha1 import BatchingSpec
 from duotone_runtime.triton_config import pbtxt_string, render_config_pbtxt
 
 pytestmark = pytest.mark.unit
@@ -49,7 +49,7 @@ def test_cpu_instances() -> None:
 
 def test_every_input_is_declared_with_its_type_and_only_prompt_is_required() -> None:
     config = render()
-    for spec in protocol.INPUTS:
+    for spec in triton.INPUTS:
         block = config.split(f'name: "{spec.name}"', 1)[1].split("}", 1)[0]
         assert f"data_type: {spec.data_type}" in block
         assert "dims: [ 1 ]" in block

@@ -1,0 +1,92 @@
+"""The wire contract of the Triton model: input and output names, types, shapes, field names.
+
+One table drives the runtime's rendered `config.pbtxt` and input parsing, the router's request
+encoding and every error message, so the names cannot drift apart. Every input holds one value
+per request (dims `[1]` after Triton's batch dimension, so a request sends shape `[1, 1]`); only
+PROMPT is required.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+TritonType = Literal["TYPE_STRING", "TYPE_INT32", "TYPE_INT64", "TYPE_FP32"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One Triton input and the request field it carries."""
+
+    name: str
+    """Triton input name (upper case, as the router sends it)."""
+    field: str
+    """Wire field name used in error messages (camelCase, as in the tier spec)."""
+    data_type: TritonType
+    optional: bool
+    description: str
+
+    @property
+    def attribute(self) -> str:
+        """The Python attribute of a request record carrying it (`negativePrompt` ->
+        `negative_prompt`)."""
+        return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), self.field)
+
+
+PROMPT: Final = InputSpec("PROMPT", "prompt", "TYPE_STRING", False, "UTF-8 prompt")
+NEGATIVE_PROMPT: Final = InputSpec(
+    "NEGATIVE_PROMPT", "negativePrompt", "TYPE_STRING", True, "UTF-8 negative prompt"
+)
+STEPS: Final = InputSpec("STEPS", "steps", "TYPE_INT32", True, "denoising steps")
+GUIDANCE_SCALE: Final = InputSpec(
+    "GUIDANCE_SCALE", "guidanceScale", "TYPE_FP32", True, "classifier-free guidance scale"
+)
+WIDTH: Final = InputSpec("WIDTH", "width", "TYPE_INT32", True, "image width, multiple of 8")
+HEIGHT: Final = InputSpec("HEIGHT", "height", "TYPE_INT32", True, "image height, multiple of 8")
+SEED: Final = InputSpec("SEED", "seed", "TYPE_INT64", True, "random seed of the first image")
+NUM_IMAGES: Final = InputSpec("NUM_IMAGES", "numImages", "TYPE_INT32", True, "images to generate")
+
+INPUTS: Final[tuple[InputSpec, ...]] = (
+    PROMPT,
+    NEGATIVE_PROMPT,
+    STEPS,
+    GUIDANCE_SCALE,
+    WIDTH,
+    HEIGHT,
+    SEED,
+    NUM_IMAGES,
+)
+
+IMAGES: Final = "IMAGES"
+"""Output: BYTES, shape [1, numImages] per request; each element is one PNG file."""
+
+DEFAULT_MODEL_NAME: Final = "duotone"
+
+NUMPY_TYPES: Final[dict[TritonType, str]] = {
+    "TYPE_STRING": "object",
+    "TYPE_INT32": "int32",
+    "TYPE_INT64": "int64",
+    "TYPE_FP32": "float32",
+}
+"""numpy dtype name of each Triton type (BYTES travel as numpy object arrays)."""
+
+CLIENT_TYPES: Final[dict[TritonType, str]] = {
+    "TYPE_STRING": "BYTES",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP32": "FP32",
+}
+"""Datatype names that Triton's HTTP/gRPC clients use for each config type."""
+
+REQUEST_SHAPE: Final = (1, 1)
+"""Shape of every input of one request: Triton's batch dimension, then the model's dims [1]."""
+
+DRAINING_REFUSAL: Final = "duotone-runtime is shutting down: new requests are refused"
+"""How a tier pod's drain gate refuses new inference after SIGTERM (HTTP 503, gRPC
+UNAVAILABLE): the request never ran, so the router retries it on another pod."""
+
+
+def input_values(request: object) -> dict[InputSpec, Any]:
+    """Input -> the value of its attribute on `request` (any record with the inputs' names)."""
+    return {spec: getattr(request, spec.attribute) for spec in INPUTS}

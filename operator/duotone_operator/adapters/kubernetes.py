@@ -1,0 +1,293 @@
+"""The Kubernetes API through the official client: the `Cluster` Protocol's real adapter.
+
+Everything here is I/O; what to apply, delete or post is decided by `plan`. Calls are
+synchronous (Kopf runs sync handlers in worker threads). Client errors leave this module as
+`ClusterError`, with the API server's own message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
+
+from duotone_contracts.api.v1alpha1 import API_VERSION, KIND
+from duotone_contracts.services import SERVICE_NAME_LABEL
+from duotone_operator.adapters.cluster import ClusterError, Manifest
+from duotone_operator.plan import ChildKey
+from duotone_operator.render import names
+from duotone_operator.render.children import CHILD_KINDS
+from duotone_operator.render.references import References
+
+
+def client_configuration(kubeconfig: str | None) -> k8s.Configuration:
+    """Credentials from the pod's ServiceAccount inside a cluster, else from a kubeconfig."""
+    configuration = k8s.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not kubeconfig:
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    return configuration
+
+
+def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
+    """The same credentials for Kopf's own API client, so both act as one identity."""
+    token = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
+    if token and token.startswith("Bearer "):
+        token = token.removeprefix("Bearer ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme="Bearer" if token else None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+def _api_message(error: ApiException) -> str:
+    """The API server's own message (e.g. "failed to allocate a serviceIP: range is full")."""
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except (ValueError, AttributeError):
+        return str(error.reason)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _cluster_errors(call: Callable[P, R]) -> Callable[P, R]:
+    """Raise the client's ApiException (and its subclasses) as ClusterError."""
+
+    @functools.wraps(call)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return call(*args, **kwargs)
+        except ApiException as error:
+            raise ClusterError(int(error.status or 0), _api_message(error)) from error
+
+    return translated
+
+
+class KubernetesCluster:
+    """The Kubernetes API as the operator uses it (implements `adapters.cluster.Cluster`)."""
+
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self._api_client = api_client
+        self._dynamic: DynamicClient | None = None
+        self._resources: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        key = (api_version, kind)
+        with self._lock:
+            if self._dynamic is None:
+                self._dynamic = DynamicClient(self._api_client)  # type: ignore[no-untyped-call]
+            if key not in self._resources:
+                self._resources[key] = self._dynamic.resources.get(
+                    api_version=api_version, kind=kind
+                )
+            return self._resources[key]
+
+    # ------------------------------------------------------------------ children
+
+    @_cluster_errors
+    def apply(self, manifest: Manifest, *, manager: str = names.FIELD_MANAGER) -> Manifest:
+        """Server-side apply; `force` takes over fields a human or another tool changed."""
+        resource = self._resource(manifest["apiVersion"], manifest["kind"])
+        result = resource.server_side_apply(
+            body=manifest,
+            namespace=manifest["metadata"].get("namespace"),
+            field_manager=manager,
+            force_conflicts=True,
+        )
+        applied: Manifest = result.to_dict()
+        return applied
+
+    @_cluster_errors
+    def children(self, namespace: str, imd: str) -> dict[ChildKey, Manifest]:
+        """Every child of one IMD, found by its labels."""
+        found: dict[ChildKey, Manifest] = {}
+        for api_version, kind in CHILD_KINDS:
+            listed = self._resource(api_version, kind).get(
+                namespace=namespace, label_selector=names.instance_selector(imd)
+            )
+            for item in listed.to_dict().get("items", []):
+                found[(kind, item["metadata"]["name"])] = {
+                    "apiVersion": api_version,
+                    "kind": kind,
+                    **item,
+                }
+        return found
+
+    @_cluster_errors
+    def delete(self, manifest: Manifest) -> bool:
+        """Delete one object (dependents in the background); False if it was already gone."""
+        resource = self._resource(manifest["apiVersion"], manifest["kind"])
+        try:
+            resource.delete(
+                name=manifest["metadata"]["name"],
+                namespace=manifest["metadata"].get("namespace"),
+                body={"propagationPolicy": "Background"},
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    @_cluster_errors
+    def deployments(self, namespace: str, imd: str) -> dict[ChildKey, Manifest]:
+        """The IMD's Deployments only (all a status refresh needs): one list call."""
+        listed = self._resource("apps/v1", "Deployment").get(
+            namespace=namespace, label_selector=names.instance_selector(imd)
+        )
+        return {
+            ("Deployment", item["metadata"]["name"]): item
+            for item in listed.to_dict().get("items", [])
+        }
+
+    @_cluster_errors
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Set spec.replicas through the `/scale` subresource, as the autoscaler's manager."""
+        k8s.AppsV1Api(self._api_client).patch_namespaced_deployment_scale(
+            name,
+            namespace,
+            {"spec": {"replicas": replicas}},
+            field_manager=names.SCALE_FIELD_MANAGER,
+        )
+
+    @_cluster_errors
+    def endpoint_slices(self, namespace: str, services: Sequence[str]) -> list[Manifest]:
+        """The EndpointSlices of the named Services (label kubernetes.io/service-name)."""
+        selector = f"{SERVICE_NAME_LABEL} in ({','.join(services)})"
+        listed = self._resource("discovery.k8s.io/v1", "EndpointSlice").get(
+            namespace=namespace, label_selector=selector
+        )
+        items: list[Manifest] = listed.to_dict().get("items", [])
+        return items
+
+    # ------------------------------------------------------------------ lookups
+
+    def _exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        try:
+            self._resource(api_version, kind).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return False
+        return True
+
+    @_cluster_errors
+    def missing(self, wanted: References, namespace: str) -> References:
+        """The subset of `wanted` that does not exist."""
+        claims = [
+            c
+            for c in wanted.claims
+            if not self._exists("v1", "PersistentVolumeClaim", namespace, c)
+        ]
+        secrets = [s for s in wanted.secrets if not self._exists("v1", "Secret", namespace, s)]
+        offered = self.offered_resources(wanted.gpu_resources) if wanted.gpu_resources else set()
+        return References(
+            claims=frozenset(claims),
+            secrets=frozenset(secrets),
+            gpu_resources=frozenset(wanted.gpu_resources - offered),
+        )
+
+    @_cluster_errors
+    def offered_resources(self, resources: Iterable[str]) -> set[str]:
+        """Which of `resources` at least one node has allocatable."""
+        wanted = set(resources)
+        nodes = self._resource("v1", "Node").get().to_dict().get("items", [])
+        offered = set()
+        for node in nodes:
+            allocatable = (node.get("status") or {}).get("allocatable") or {}
+            offered |= {r for r in wanted if str(allocatable.get(r, "0")) not in ("0", "")}
+        return offered
+
+    # ------------------------------------------------------------------ events
+
+    @_cluster_errors
+    def post_event(
+        self,
+        involved: Mapping[str, Any],
+        kind: Literal["Normal", "Warning"],
+        reason: str,
+        message: str,
+    ) -> None:
+        """A core/v1 Event about `involved`, as `kubectl describe` shows it."""
+        metadata = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._resource("v1", "Event").create(
+            namespace=metadata["namespace"],
+            body={
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "generateName": f"{metadata['name']}.",
+                    "namespace": metadata["namespace"],
+                },
+                "involvedObject": {
+                    "apiVersion": involved.get("apiVersion", API_VERSION),
+                    "kind": involved.get("kind", KIND),
+                    "name": metadata["name"],
+                    "namespace": metadata["namespace"],
+                    "uid": metadata.get("uid"),
+                    "resourceVersion": metadata.get("resourceVersion"),
+                },
+                "type": kind,
+                "reason": reason,
+                "message": message[:1024],
+                "source": {"component": names.FIELD_MANAGER},
+                "reportingComponent": names.FIELD_MANAGER,
+                "reportingInstance": socket.gethostname(),
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            },
+        )
+
+    # ------------------------------------------------------------------ the IMDs
+
+    @_cluster_errors
+    def get_imd(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            found: Manifest = (
+                self._resource(API_VERSION, KIND).get(name=name, namespace=namespace).to_dict()
+            )
+        except NotFoundError:
+            return None
+        return found
+
+    @_cluster_errors
+    def list_imd_versions(self, namespaces: list[str]) -> dict[str, str]:
+        """uid -> resourceVersion of every IMD in `namespaces` (all when empty)."""
+        resource = self._resource(API_VERSION, KIND)
+        items = []
+        scopes: list[str | None] = list(namespaces) or [None]
+        for namespace in scopes:
+            items += resource.get(namespace=namespace).to_dict().get("items", [])
+        return {i["metadata"]["uid"]: i["metadata"]["resourceVersion"] for i in items}
+
+    @_cluster_errors
+    def patch_imd_status(self, namespace: str, name: str, status: Manifest) -> None:
+        """JSON merge patch of the status subresource (None values delete keys)."""
+        resource = self._resource(API_VERSION, KIND)
+        resource.status.patch(
+            name=name,
+            namespace=namespace,
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )

@@ -1,0 +1,185 @@
+"""Triton over gRPC: one channel per pod, the pods of a tier, and what their errors mean.
+
+A pool keeps one `tritonclient.grpc.aio` client per pod address and counts the requests this
+router has outstanding on each, so `policy.routing.pick_backend` can send the next request to
+the least loaded pod. A pod whose connection fails is ejected for a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from duotone_contracts import triton
+from duotone_contracts.limits import GenerationRequest
+from duotone_router.policy.routing import BackendLoad
+
+EJECT_SECONDS = 5.0
+"""How long a pod whose connection failed gets no new requests."""
+
+
+class Failure(Enum):
+    """What went wrong with one backend call, as far as routing cares."""
+
+    CONNECT = "connect"
+    """The pod could not be reached: the request never arrived, so another pod may serve it."""
+    QUEUE_FULL = "queue_full"
+    """Triton refused it at once: the pod's queue is full (the tier is saturated)."""
+    TIMEOUT = "timeout"
+    """The tier's deadline passed (in the router or in Triton's queue)."""
+    INVALID = "invalid"
+    """The model refused the inputs."""
+    OTHER = "other"
+
+
+class BackendError(Exception):
+    """A failed backend call, classified."""
+
+    def __init__(self, failure: Failure, address: str, detail: str) -> None:
+        super().__init__(f"{address}: {detail}")
+        self.failure = failure
+        self.address = address
+        self.detail = detail
+
+
+_CONNECT_MARKERS = (
+    "failed to connect",
+    "connection refused",
+    "connect failed",
+    "name resolution",
+    "dns resolution",
+    "no route to host",
+    # A draining pod's gate refused it after SIGTERM: the request never ran there.
+    triton.DRAINING_REFUSAL.lower(),
+)
+
+
+def classify(status: str, detail: str) -> Failure:
+    """A gRPC status (e.g. "StatusCode.UNAVAILABLE") and Triton's message -> a Failure.
+
+    Triton answers a full queue with UNAVAILABLE "Exceeds maximum queue size" and a request
+    whose queue timeout expired with UNAVAILABLE "Request timeout expired"; gRPC reports a pod
+    that cannot be reached as UNAVAILABLE "failed to connect to all addresses", and a pod
+    draining after SIGTERM refuses new work with UNAVAILABLE "... shutting down ...". A connection
+    that drops after the request was sent ("Socket closed") is OTHER: the pod may have started
+    the work, so it is not retried.
+    """
+    text = detail.lower()
+    if "queue size" in text:
+        return Failure.QUEUE_FULL
+    if "timeout" in text or status.endswith("DEADLINE_EXCEEDED"):
+        return Failure.TIMEOUT
+    if status.endswith("UNAVAILABLE") and any(m in text for m in _CONNECT_MARKERS):
+        return Failure.CONNECT
+    if status.endswith("INVALID_ARGUMENT"):
+        return Failure.INVALID
+    return Failure.OTHER
+
+
+def triton_inputs(module: Any, values: Mapping[triton.InputSpec, Any]) -> list[Any]:
+    """`values` as `module`'s InferInput list, in the contract's order and shapes (module:
+    tritonclient.grpc.aio here; tritonclient.http or .grpc for other clients)."""
+    inputs = []
+    for spec in triton.INPUTS:
+        if spec not in values:
+            continue
+        value = values[spec]
+        if spec.data_type == "TYPE_STRING":
+            value = str(value).encode("utf-8")
+        array = np.array([value], dtype=triton.NUMPY_TYPES[spec.data_type])
+        array = array.reshape(triton.REQUEST_SHAPE)
+        tensor = module.InferInput(
+            spec.name, list(array.shape), triton.CLIENT_TYPES[spec.data_type]
+        )
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def infer_inputs(request: GenerationRequest) -> list[Any]:
+    """All eight inputs of a checked request, as the router sends them."""
+    return triton_inputs(grpcaio, request.values())
+
+
+class Backend:
+    """One Triton pod: its gRPC client and this router's outstanding requests on it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.client = grpcaio.InferenceServerClient(address)
+        self.outstanding = 0
+        self.ejected_until = 0.0
+
+    def load(self, now: float) -> BackendLoad:
+        return BackendLoad(self.address, self.outstanding, available=now >= self.ejected_until)
+
+    async def generate(
+        self, request: GenerationRequest, *, timeout_s: float, request_id: str
+    ) -> list[bytes]:
+        """One inference; PNG files, or BackendError. Cancelling the task cancels the RPC."""
+        outputs = [grpcaio.InferRequestedOutput(triton.IMAGES)]
+        self.outstanding += 1
+        try:
+            result = await self.client.infer(
+                triton.DEFAULT_MODEL_NAME,
+                infer_inputs(request),
+                outputs=outputs,
+                request_id=request_id,
+                client_timeout=timeout_s,
+            )
+        except InferenceServerException as error:
+            detail = str(error.message())
+            failure = classify(str(error.status()), detail)
+            raise BackendError(failure, self.address, detail) from error
+        finally:
+            self.outstanding -= 1
+        images = result.as_numpy(triton.IMAGES)
+        return [bytes(image) for image in images.reshape(-1)]
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+@dataclass
+class TierPool:
+    """The pods of one tier."""
+
+    tier: str
+    backends: dict[str, Backend]
+    turn: int = 0
+
+    @classmethod
+    def empty(cls, tier: str) -> TierPool:
+        return cls(tier, {})
+
+    def loads(self, now: float) -> list[BackendLoad]:
+        return [b.load(now) for b in self.backends.values()]
+
+    def ready_count(self, now: float) -> int:
+        return sum(1 for b in self.backends.values() if b.load(now).available)
+
+    def update(self, addresses: Iterable[str]) -> list[Backend]:
+        """Track exactly `addresses`; returns the removed backends (closed once idle)."""
+        wanted = list(dict.fromkeys(addresses))
+        removed = [b for a, b in self.backends.items() if a not in wanted]
+        kept = {a: b for a, b in self.backends.items() if a in wanted}
+        for address in wanted:
+            if address not in kept:
+                kept[address] = Backend(address)
+        self.backends = kept
+        return removed
+
+
+async def close_when_idle(backends: Iterable[Backend], *, poll_s: float = 0.1) -> None:
+    """Close removed backends after their in-flight requests finish (nothing is cut off)."""
+    for backend in backends:
+        while backend.outstanding > 0:
+            await asyncio.sleep(poll_s)
+        await backend.close()

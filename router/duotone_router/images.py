@@ -1,0 +1,295 @@
+"""The OpenAI-compatible Images API: request parsing, responses and the OpenAPI document.
+
+Pure: bytes and typed values in, typed values out. Field problems are refused (`Refused`) with
+the field named, e.g. `size: 96x100 ... height: 100 must be a multiple of 8` -> INVALID_VALUE
+with param "height", which the HTTP layer answers 422 in the OpenAI error shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from duotone_contracts.api.v1alpha1 import TIER_NAMES, TierName
+from duotone_contracts.limits import GenerationRequest, RawRequest, RequestError, validate_request
+from duotone_contracts.routing_table import TierRoute
+from duotone_router.policy.reasons import Reason, Refused
+
+GENERATIONS_PATH = "/v1/images/generations"
+MODELS_PATH = "/v1/models"
+TIER_HEADER = "X-Duotone-Tier"
+DEGRADED_HEADER = "X-Duotone-Degraded"
+ROUTE_HEADER = "X-Duotone-Route"
+REQUEST_ID_HEADER = "X-Request-Id"
+
+Quality = Literal["auto", "standard", "hd", "low", "medium", "high"]
+QUALITY_TIERS: Mapping[str, TierName] = {
+    "standard": "efficient",
+    "low": "efficient",
+    "medium": "efficient",
+    "hd": "flagship",
+    "high": "flagship",
+}
+"""OpenAI quality -> tier ("auto" leaves the choice to the split)."""
+
+SIZE_PATTERN = r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})$"
+
+
+class ImagesRequest(BaseModel):
+    """`POST /v1/images/generations`: OpenAI's fields plus Duotone's extensions."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    prompt: str = Field(description="What to draw.", max_length=20000)
+    model: str | None = Field(
+        None, max_length=256, description="A tier name from /v1/models; omit to let Duotone pick."
+    )
+    n: int | None = Field(None, ge=1, le=16, description="Number of images (tier limits apply).")
+    size: str | None = Field(
+        None, pattern=SIZE_PATTERN, description="WIDTHxHEIGHT in pixels, or auto (tier default)."
+    )
+    response_format: Literal["b64_json"] | None = Field(
+        None, description="Only b64_json: images are returned inline, never stored."
+    )
+    output_format: Literal["png"] | None = Field(None, description="Only png.")
+    quality: Quality | None = Field(
+        None, description="standard/low/medium -> efficient tier; hd/high -> flagship; auto."
+    )
+    style: Literal["vivid", "natural"] | None = Field(None, description="Accepted and ignored.")
+    user: str | None = Field(None, max_length=256, description="End-user id; accepted, ignored.")
+    tier: TierName | None = Field(None, description="Duotone: the tier to serve the request.")
+    steps: int | None = Field(None, description="Duotone: denoising steps (tier limits apply).")
+    seed: int | None = Field(None, description="Duotone: seed; same seed, same image.")
+    negative_prompt: str | None = Field(
+        None, max_length=20000, description="Duotone: what not to draw."
+    )
+    guidance_scale: float | None = Field(None, description="Duotone: guidance scale.")
+
+
+def _field_name(loc: Sequence[int | str]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def parse_images_request(body: bytes) -> ImagesRequest:
+    """The JSON body as a request; refused for malformed JSON, or naming the first bad field."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise Refused(Reason.INVALID_JSON, f"the body is not valid JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise Refused(Reason.INVALID_JSON, "the body must be a JSON object")
+    try:
+        return ImagesRequest.model_validate(document)
+    except ValidationError as error:
+        problems = error.errors()
+        first = _field_name(problems[0]["loc"])
+        message = "; ".join(f"{_field_name(p['loc'])}: {p['msg']}" for p in problems)
+        raise Refused(Reason.INVALID_VALUE, message, param=first) from error
+
+
+def requested_tier(request: ImagesRequest, served: Sequence[TierName]) -> TierName | None:
+    """The tier the client names through `tier`, `model` or `quality` (in that order)."""
+    if request.tier is not None:
+        return request.tier
+    if request.model is not None and request.model != "auto":
+        if request.model in TIER_NAMES:
+            return request.model
+        raise Refused(
+            Reason.UNKNOWN_MODEL,
+            f"model: {request.model!r} does not exist; available: {', '.join(served)}",
+            param="model",
+        )
+    if request.quality is not None:
+        return QUALITY_TIERS.get(request.quality)
+    return None
+
+
+def _size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None or size == "auto":
+        return None, None
+    width, height = size.split("x")
+    return int(width), int(height)
+
+
+_FIELD_PARAMS = {
+    "numImages": "n",
+    "negativePrompt": "negative_prompt",
+    "guidanceScale": "guidance_scale",
+}
+"""The runtime's wire names -> this API's parameter names (the rest are the same)."""
+
+
+def generation_request(
+    request: ImagesRequest, tier: TierRoute, *, seed_if_missing: int
+) -> GenerationRequest:
+    """Apply the tier's defaults and limits; refused naming the field in the API's words."""
+    width, height = _size(request.size)
+    raw = RawRequest(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        width=width,
+        height=height,
+        seed=request.seed,
+        num_images=request.n,
+    )
+    try:
+        return validate_request(raw, tier.defaults, tier.limits, seed_if_missing=seed_if_missing)
+    except RequestError as error:
+        params = [_FIELD_PARAMS.get(f, f) for f in error.fields]
+        message = "; ".join(
+            f"{param}: {p.message}" for param, p in zip(params, error.problems, strict=True)
+        )
+        if any(p in ("width", "height") for p in params):
+            message += f" (size {request.size!r})"
+        raise Refused(Reason.INVALID_VALUE, message, param=params[0]) from error
+
+
+def images_response(created: int, pngs: Sequence[bytes]) -> dict[str, Any]:
+    """The OpenAI response body: one b64_json entry per image."""
+    return {
+        "created": created,
+        "data": [{"b64_json": base64.b64encode(png).decode("ascii")} for png in pngs],
+        "output_format": "png",
+    }
+
+
+def models_response(tiers: Mapping[TierName, TierRoute], created: int) -> dict[str, Any]:
+    """`GET /v1/models`: one model per served tier, with its defaults and limits."""
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "duotone",
+                "defaults": route.defaults.model_dump(mode="json"),
+                "limits": route.limits.model_dump(mode="json"),
+                "slo": route.slo.model_dump(mode="json"),
+            }
+            for name, route in tiers.items()
+        ],
+    }
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 description of the endpoint (served at /openapi.json)."""
+    request_schema = ImagesRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    request_schema.pop("$defs", None)
+    image_response = {
+        "type": "object",
+        "required": ["created", "data"],
+        "properties": {
+            "created": {"type": "integer"},
+            "output_format": {"type": "string"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["b64_json"],
+                    "properties": {"b64_json": {"type": "string", "contentEncoding": "base64"}},
+                },
+            },
+        },
+    }
+    auth: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Duotone image generation",
+            "version": "v1",
+            "description": "OpenAI Images API compatible endpoint in front of an efficient and "
+            "a flagship text-to-image tier.",
+        },
+        "paths": {
+            GENERATIONS_PATH: {
+                "post": {
+                    "operationId": "createImage",
+                    "security": auth,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ImagesRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The images; headers say which tier served them.",
+                            "headers": {
+                                TIER_HEADER: {"schema": {"type": "string"}},
+                                DEGRADED_HEADER: {"schema": {"type": "string"}},
+                            },
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/ImagesResponse"}
+                                }
+                            },
+                        },
+                        "400": _error("Malformed JSON."),
+                        "401": _error("Missing or unknown API key."),
+                        "403": _error("Client tier selection is disabled."),
+                        "404": _error("Unknown model."),
+                        "413": _error("Body larger than the limit."),
+                        "422": _error("A field is invalid or beyond the tier's limits."),
+                        "429": _error("Rate limit exceeded; see Retry-After."),
+                        "503": _error("The tier is saturated; see Retry-After."),
+                        "504": _error("The tier did not answer within its deadline."),
+                    },
+                }
+            },
+            MODELS_PATH: {
+                "get": {
+                    "operationId": "listModels",
+                    "security": auth,
+                    "responses": {
+                        "200": {
+                            "description": "The served tiers.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "401": _error("Missing or unknown API key."),
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "ImagesRequest": request_schema,
+                "ImagesResponse": image_response,
+                "Error": _ERROR_SCHEMA,
+            },
+        },
+    }

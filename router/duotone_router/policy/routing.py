@@ -1,0 +1,256 @@
+"""Which tier serves a request, and which pod of it (pure; the random draw is an argument).
+
+Order of precedence: a tier the client names (when allowed) > the weighted split > overflow
+when the chosen tier is saturated. Overflow goes flagship -> efficient (marked degraded) or is
+rejected, per `traffic.overflow`; efficient -> flagship only when `traffic.efficientOverflow`
+says so. tests/unit/router/test_routing_policy.py pins every case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from duotone_contracts.api.v1alpha1 import (
+    TIER_NAMES,
+    EfficientOverflowPolicy,
+    OverflowPolicy,
+    TierName,
+)
+from duotone_contracts.routing_table import Traffic
+from duotone_router.policy.reasons import Reason
+
+MIN_LATENCY_SAMPLES = 5
+"""A recent p50 counts only over at least this many requests (one slow image is not a trend)."""
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """The routing table's `traffic` section."""
+
+    efficient_percent: int
+    client_tier_selection: bool = True
+    overflow: OverflowPolicy = "efficient"
+    efficient_overflow: EfficientOverflowPolicy = "reject"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.efficient_percent <= 100:
+            raise ValueError("efficient_percent must be between 0 and 100")
+
+    @classmethod
+    def of(cls, traffic: Traffic) -> TrafficPolicy:
+        """The routing table's `traffic` section as a policy."""
+        return cls(
+            efficient_percent=traffic.efficient_percent,
+            client_tier_selection=traffic.client_tier_selection,
+            overflow=traffic.overflow,
+            efficient_overflow=traffic.efficient_overflow,
+        )
+
+
+@dataclass(frozen=True)
+class TierLoad:
+    """What one router knows about a tier right now."""
+
+    ready_backends: int
+    slo_p50_ms: float
+    recent_p50_ms: float | None = None
+    """Median latency of this router's recent requests to the tier (None: too few)."""
+    rejecting: bool = False
+    """A backend of the tier refused a request for a full queue within the recent window."""
+
+    def saturation(self) -> str | None:
+        """Why the tier should not take another request now, or None when it can.
+
+        A tier with no ready pods is not saturated here: it may be scaling up from zero, so the
+        caller waits for a pod (see `Route.wait_for_backend`) unless overflow can serve at once.
+        """
+        if self.rejecting:
+            return "its queue is full"
+        return self.over_slo()
+
+    def over_slo(self) -> str | None:
+        """The latency half of saturation: worth diverting from, never worth refusing for."""
+        if self.recent_p50_ms is not None and self.recent_p50_ms > self.slo_p50_ms:
+            return (
+                f"its recent p50 {self.recent_p50_ms:.0f} ms is above the SLO "
+                f"{self.slo_p50_ms:.0f} ms"
+            )
+        return None
+
+
+RouteKind = Literal["requested", "split", "overflow", "rejected"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """The routing decision for one request."""
+
+    kind: RouteKind
+    tier: TierName | None
+    """The tier to call (None when rejected)."""
+    chosen: TierName | None
+    """The tier the request wanted before overflow (what the autoscaler counts as demand)."""
+    reason: str
+    refusal: Reason | None = None
+    """Why a rejected request is refused (None when it is served)."""
+    wait_for_backend: bool = False
+    """The tier has no ready pod yet; wait for one until the tier's deadline."""
+
+    @property
+    def degraded(self) -> bool:
+        """Served by the efficient tier although the flagship was wanted."""
+        return self.kind == "overflow" and self.tier == "efficient" and self.chosen == "flagship"
+
+
+def _other(tier: TierName) -> TierName:
+    return "flagship" if tier == "efficient" else "efficient"
+
+
+def overflow_target(tier: TierName, policy: TrafficPolicy) -> TierName | None:
+    """Where a saturated tier's requests go, or None to reject them."""
+    if tier == "flagship":
+        return "efficient" if policy.overflow == "efficient" else None
+    return "flagship" if policy.efficient_overflow == "flagship" else None
+
+
+def split_tier(policy: TrafficPolicy, present: Sequence[TierName], draw: float) -> TierName:
+    """Weighted split: `draw` in [0, 1) below efficientPercent/100 goes to the efficient tier."""
+    if len(present) == 1:
+        return present[0]
+    return "efficient" if draw * 100 < policy.efficient_percent else "flagship"
+
+
+def choose_tier(
+    requested: TierName | None,
+    policy: TrafficPolicy,
+    loads: Mapping[TierName, TierLoad],
+    draw: float,
+) -> Route:
+    """Route one request. `loads` holds the tiers this endpoint serves; `draw` is in [0, 1).
+
+    e.g. 80/20 split, draw 0.9 -> flagship; flagship's queue full and overflow "efficient"
+    -> efficient, degraded.
+    """
+    present = [tier for tier in TIER_NAMES if tier in loads]
+    if not present:
+        return Route("rejected", None, None, "no tier is configured", Reason.NO_TIER)
+    if requested is not None:
+        if not policy.client_tier_selection:
+            return Route(
+                "rejected",
+                None,
+                requested,
+                "tier: client tier selection is disabled for this endpoint",
+                Reason.TIER_SELECTION_DISABLED,
+            )
+        if requested not in loads:
+            return Route(
+                "rejected",
+                None,
+                requested,
+                f"tier: {requested!r} is not served here; available: {', '.join(present)}",
+                Reason.TIER_NOT_SERVED,
+            )
+        return place(requested, "requested", policy, loads)
+    return place(split_tier(policy, present, draw), "split", policy, loads)
+
+
+def place(
+    chosen: TierName,
+    kind: Literal["requested", "split"],
+    policy: TrafficPolicy,
+    loads: Mapping[TierName, TierLoad],
+) -> Route:
+    """Serve `chosen` if it can take the request, else overflow or reject per the policy.
+
+    Also used again after a pod refuses a request for a full queue: the same choice, placed
+    with fresh loads, overflows without redrawing the split.
+    """
+    if kind == "requested":
+        why = f"the client asked for {chosen}"
+    else:
+        why = f"weighted split ({policy.efficient_percent}% efficient)"
+    load = loads[chosen]
+    saturation = load.saturation()
+    if saturation is None and load.ready_backends > 0:
+        return Route(kind, chosen, chosen, why)
+    target = overflow_target(chosen, policy)
+    target_load = loads.get(target) if target is not None else None
+    target_ok = (
+        target_load is not None
+        and target_load.ready_backends > 0
+        and target_load.saturation() is None
+    )
+    if target is not None and target_ok:
+        cause = saturation or "it has no ready pod"
+        return Route("overflow", target, chosen, f"{chosen} overflowed to {target}: {cause}")
+    if saturation is None:
+        # No pod yet (e.g. scaled to zero): wait for one; the pending count wakes the tier.
+        return Route(kind, chosen, chosen, f"{why}; waiting for a ready pod", wait_for_backend=True)
+    if not load.rejecting:
+        # Slow but accepting, and nowhere better to go: serve it late rather than refuse it.
+        # A 503 here would turn a latency miss into an outage; the autoscaler fixes latency.
+        # tests/unit/router/test_routing_policy.py: "over SLO with nowhere to overflow".
+        return Route(
+            kind,
+            chosen,
+            chosen,
+            f"{why}; {saturation}",
+            wait_for_backend=load.ready_backends == 0,
+        )
+    return Route(
+        "rejected", None, chosen, f"{chosen} is saturated: {saturation}", Reason.TIER_SATURATED
+    )
+
+
+@dataclass(frozen=True)
+class BackendLoad:
+    """One pod of a tier as the router sees it."""
+
+    address: str
+    outstanding: int
+    available: bool = True
+    """False while the pod is ejected after a failed connection."""
+
+
+def pick_backend(
+    backends: Sequence[BackendLoad], *, exclude: frozenset[str] = frozenset(), turn: int = 0
+) -> str | None:
+    """Least outstanding requests among available pods; ties rotate with `turn`.
+
+    e.g. outstanding [2, 0, 0], turn 1 -> the third pod (second of the tied pair).
+    """
+    candidates = [b for b in backends if b.available and b.address not in exclude]
+    if not candidates:
+        return None
+    fewest = min(b.outstanding for b in candidates)
+    tied = [b for b in candidates if b.outstanding == fewest]
+    return tied[turn % len(tied)].address
+
+
+@dataclass(frozen=True)
+class LatencyWindow:
+    """Recent request latencies of a tier: (finished_at, milliseconds), oldest first."""
+
+    window_s: float = 10.0
+    samples: tuple[tuple[float, float], ...] = field(default=())
+
+    def add(self, now: float, latency_ms: float, *, limit: int = 200) -> LatencyWindow:
+        kept = self.prune(now).samples[-(limit - 1) :] if limit > 1 else ()
+        return LatencyWindow(self.window_s, (*kept, (now, latency_ms)))
+
+    def prune(self, now: float) -> LatencyWindow:
+        start = now - self.window_s
+        return LatencyWindow(self.window_s, tuple(s for s in self.samples if s[0] >= start))
+
+    def p50(self, now: float) -> float | None:
+        """Median over the window, or None with fewer than MIN_LATENCY_SAMPLES samples."""
+        values = sorted(ms for _, ms in self.prune(now).samples)
+        if len(values) < MIN_LATENCY_SAMPLES:
+            return None
+        middle = len(values) // 2
+        if len(values) % 2:
+            return values[middle]
+        return (values[middle - 1] + values[middle]) / 2

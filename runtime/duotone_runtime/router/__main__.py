@@ -1,3 +1,0 @@
-from duotone_runtime.router.cli import main
-
-raise SystemExit(main())

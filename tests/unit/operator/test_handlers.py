@@ -1,0 +1,287 @@
+"""The Kopf handlers and the autoscaler's shell, run against the in-memory FakeCluster.
+
+The same handlers run against the real API server in tests/e2e/test_operator.py; here each
+case takes milliseconds, so every path of the shell is covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+import pytest
+
+from duotone_operator import handlers
+from duotone_operator.adapters.cluster import ClusterError
+from duotone_operator.autoscaler import Autoscaler
+from duotone_operator.handlers import OperatorContext
+from duotone_operator.policy.autoscaling import TierMetrics
+from duotone_operator.render import names
+from tests.fakes.cluster import FakeCluster
+from tests.fakes.metrics import FakeMetricSource
+from tests.support.builders import imd
+
+pytestmark = pytest.mark.unit
+
+NS = "images"
+
+
+def _manifest(*tiers: str, source: str = "builtin://tiny") -> dict[str, Any]:
+    builder = imd("sd")
+    for tier in tiers:
+        builder = builder.tier(tier, source=source, gpus=0, min=1, max=4)
+    manifest = builder.build()
+    manifest["metadata"]["namespace"] = NS
+    return manifest
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def context(cluster: FakeCluster) -> OperatorContext:
+    return OperatorContext(cluster=cluster)
+
+
+def reconcile(context: OperatorContext, body: dict[str, Any], retry: int = 0) -> kopf.Patch:
+    """One reconcile, with its status patch merged into the stored IMD as Kopf would."""
+    patch = kopf.Patch()
+    try:
+        handlers.reconcile(body=body, patch=patch, retry=retry, memo={"context": context})
+    finally:
+        cluster = context.cluster
+        assert isinstance(cluster, FakeCluster)
+        meta = body["metadata"]
+        if "status" in patch:
+            cluster.patch_imd_status(meta["namespace"], meta["name"], dict(patch["status"]))
+    return patch
+
+
+def _reasons(cluster: FakeCluster) -> list[str]:
+    return [event.reason for event in cluster.events]
+
+
+def _replicas(cluster: FakeCluster, name: str) -> int:
+    deployment = cluster.get("Deployment", NS, name)
+    assert deployment is not None
+    return int(deployment["spec"]["replicas"])
+
+
+def _ready(cluster: FakeCluster, status: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["reason"] for c in status["conditions"]}
+
+
+def test_create_applies_every_child_hands_replicas_over_and_reports_status(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient", "flagship"))
+    reconcile(context, body)
+    kinds = sorted({kind for kind, _, _ in cluster.objects})
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
+    for tier in ("sd-efficient", "sd-flagship"):
+        assert _replicas(cluster, tier) == 1
+        assert names.SCALE_FIELD_MANAGER in cluster.managers_of_replicas(NS, tier)
+    assert _reasons(cluster) == ["Created"]
+    status = cluster.imd(NS, "sd")["status"]
+    assert status["observedGeneration"] == 1
+    assert status["endpoint"] == "http://sd-router.images.svc:8080"
+    assert _ready(cluster, status)["Ready"] == "TiersNotReady"
+
+
+def test_spec_change_applies_the_new_config_and_keeps_the_autoscalers_replicas(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient"))
+    reconcile(context, body)
+    before = cluster.get("ConfigMap", NS, "sd-efficient-config")
+    cluster.scale_deployment(NS, "sd-efficient", 3)  # the autoscaler's doing
+    spec = cluster.imd(NS, "sd")["spec"]
+    spec["tiers"]["efficient"]["defaults"] = {"steps": 2}
+    reconcile(context, cluster.update_imd_spec(NS, "sd", spec))
+    after = cluster.get("ConfigMap", NS, "sd-efficient-config")
+    assert before is not None
+    assert after is not None
+    assert after["data"] != before["data"]
+    assert '"steps": 2' in after["data"]["tier.json"]
+    assert _replicas(cluster, "sd-efficient") == 3, "a reconcile never resets replicas"
+    assert _reasons(cluster) == ["Created", "Applied"]
+    assert cluster.imd(NS, "sd")["status"]["observedGeneration"] == 2
+
+
+def test_removed_tier_is_deleted_and_the_router_stops_routing_to_it(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient", "flagship"))
+    reconcile(context, body)
+    spec = cluster.imd(NS, "sd")["spec"]
+    del spec["tiers"]["flagship"]
+    reconcile(context, cluster.update_imd_spec(NS, "sd", spec))
+    left = {(kind, name) for kind, _, name in cluster.objects if "flagship" in name}
+    assert left == set()
+    table = cluster.get("ConfigMap", NS, "sd-router-config")
+    assert table is not None
+    assert '"flagship"' not in table["data"]["router.json"]
+    assert _reasons(cluster) == ["Created", "Deleted", "Applied"]
+    assert "Deployment/sd-flagship" in cluster.events[1].message
+    assert "flagship" not in cluster.imd(NS, "sd")["status"]["tiers"]
+
+
+def test_missing_reference_touches_nothing_warns_and_retries_with_backoff(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient", source="pvc://models/sd"))
+    with pytest.raises(kopf.TemporaryError) as raised:
+        reconcile(context, body, retry=2)
+    assert raised.value.delay == 20.0  # base 5 s, third try
+    assert not cluster.objects, "no child before the claim exists"
+    assert [(e.type, e.reason) for e in cluster.events] == [
+        ("Warning", "PersistentVolumeClaimNotFound")
+    ]
+    status = cluster.imd(NS, "sd")["status"]
+    assert _ready(cluster, status)["Ready"] == "PersistentVolumeClaimNotFound"
+    cluster.existing.add(("PersistentVolumeClaim", NS, "models"))
+    reconcile(context, cluster.imd(NS, "sd"))
+    assert cluster.get("Deployment", NS, "sd-efficient") is not None
+    assert _reasons(cluster)[-1] == "Created"
+
+
+def test_child_deleted_out_of_band_comes_back_on_the_next_reconcile(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient"))
+    reconcile(context, body)
+    cluster.scale_deployment(NS, "sd-efficient", 2)
+    cluster.remove("Service", NS, "sd-efficient")
+    cluster.remove("ConfigMap", NS, "sd-router-config")
+    reconcile(context, cluster.imd(NS, "sd"))
+    assert cluster.get("Service", NS, "sd-efficient") is not None
+    assert cluster.get("ConfigMap", NS, "sd-router-config") is not None
+    assert cluster.events[-1].message == (
+        "generation 1: created ConfigMap/sd-router-config, Service/sd-efficient"
+    )
+    assert _replicas(cluster, "sd-efficient") == 2
+
+
+def test_tier_deployment_left_without_the_autoscaler_keeps_its_replicas(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    """A crash after the Deployment was created but before its replicas were handed over."""
+    body = cluster.create_imd(_manifest("efficient"))
+    reconcile(context, body)
+    stored = cluster.objects[("Deployment", NS, "sd-efficient")]
+    del stored.applied[names.SCALE_FIELD_MANAGER]
+    stored.applied[names.FIELD_MANAGER]["spec"]["replicas"] = 3
+    assert cluster.managers_of_replicas(NS, "sd-efficient") == {names.FIELD_MANAGER}
+    reconcile(context, cluster.imd(NS, "sd"))
+    assert _replicas(cluster, "sd-efficient") == 3
+    assert names.SCALE_FIELD_MANAGER in cluster.managers_of_replicas(NS, "sd-efficient")
+
+
+@pytest.mark.parametrize(
+    ("status", "raised"),
+    [
+        pytest.param(409, kopf.TemporaryError, id="conflict: retried soon"),
+        pytest.param(403, ClusterError, id="forbidden: an error for Kopf's backoff"),
+    ],
+)
+def test_api_errors_post_apply_failed(
+    cluster: FakeCluster, context: OperatorContext, status: int, raised: type[Exception]
+) -> None:
+    body = cluster.create_imd(_manifest("efficient"))
+    cluster.fail("apply", status, "the server says no")
+    with pytest.raises(raised):
+        reconcile(context, body)
+    assert cluster.events[-1].reason == "ApplyFailed"
+    assert cluster.events[-1].message.startswith(f"API {status}: the server says no")
+
+
+def test_invalid_spec_is_reported_once_and_not_retried(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    manifest = _manifest("efficient")
+    manifest["spec"]["tiers"]["efficient"]["replicas"] = {"min": 5, "max": 2}
+    body = cluster.create_imd(manifest)
+    with pytest.raises(kopf.PermanentError):
+        reconcile(context, body)
+    assert not cluster.objects
+    assert [(e.type, e.reason) for e in cluster.events] == [("Warning", "InvalidSpec")]
+    condition = cluster.imd(NS, "sd")["status"]["conditions"][0]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "Ready",
+        "False",
+        "InvalidSpec",
+    )
+    assert "replicas.min" in condition["message"]
+
+
+def test_a_deployment_becoming_ready_refreshes_the_status(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient"))
+    reconcile(context, body)
+    for name in ("sd-efficient", "sd-router"):
+        desired = _replicas(cluster, name)
+        cluster.set_deployment_status(
+            NS,
+            name,
+            replicas=desired,
+            readyReplicas=desired,
+            updatedReplicas=desired,
+            observedGeneration=1,
+        )
+        deployment = cluster.get("Deployment", NS, name)
+        handlers.deployment_changed(
+            body=deployment,
+            type="MODIFIED",
+            namespace=NS,
+            memo={"context": context},
+            logger=handlers.log,
+        )
+    status = cluster.imd(NS, "sd")["status"]
+    assert _ready(cluster, status)["Ready"] == "AllTiersReady"
+    assert status["tiers"]["efficient"]["readiness"] == "1/1"
+
+
+def test_autoscaler_tick_scales_a_busy_tier_and_reports_it(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient"))
+    reconcile(context, body)
+    now = 1000.0
+    source = FakeMetricSource(
+        {"efficient": TierMetrics(at=now, queued=10, executing=2, p50_latency_ms=100)}
+    )
+    autoscaler = Autoscaler(cluster, sources=lambda _: source)
+    decisions = asyncio.run(autoscaler.tick(cluster.imd(NS, "sd"), now))
+    assert decisions["efficient"].replicas == 3  # 12 / 4 per replica
+    assert _replicas(cluster, "sd-efficient") == 3
+    assert cluster.events[-1].reason == "ScaledUp"
+    assert "scale up 1 -> 3: queue 12" in cluster.events[-1].message
+    tier_status = cluster.imd(NS, "sd")["status"]["tiers"]["efficient"]
+    assert (tier_status["desiredReplicas"], tier_status["queueDepth"]) == (3, 12.0)
+    assert [t.tier_service for t in source.reads] == ["sd-efficient"]
+
+
+def test_autoscaler_holds_the_size_when_metrics_are_missing(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient"))
+    reconcile(context, body)
+    cluster.scale_deployment(NS, "sd-efficient", 2)
+    autoscaler = Autoscaler(cluster, sources=lambda _: FakeMetricSource())
+    before = len(cluster.calls)
+    decisions = asyncio.run(autoscaler.tick(cluster.imd(NS, "sd"), 1000.0))
+    assert decisions["efficient"].held
+    assert _replicas(cluster, "sd-efficient") == 2
+    assert "scale_deployment" not in cluster.calls[before:]
