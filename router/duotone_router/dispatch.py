@@ -84,25 +84,26 @@ def _refusal(route: Route) -> Refused:
     return Refused(reason, route.reason, param="tier" if named else None)
 
 
-_FAILURES: Mapping[Failure, Reason] = {
-    Failure.QUEUE_FULL: Reason.TIER_SATURATED,
-    Failure.TIMEOUT: Reason.DEADLINE_EXCEEDED,
-    Failure.CONNECT: Reason.TIER_UNAVAILABLE,
-    Failure.INVALID: Reason.INVALID_VALUE,
-    Failure.OTHER: Reason.UPSTREAM_FAILED,
+_FAILURES: Mapping[Failure, tuple[Reason, str]] = {
+    Failure.QUEUE_FULL: (Reason.TIER_SATURATED, "the {tier} tier is saturated: {detail}"),
+    Failure.TIMEOUT: (
+        Reason.DEADLINE_EXCEEDED,
+        "the {tier} tier did not answer within its deadline: {detail}",
+    ),
+    Failure.CONNECT: (
+        Reason.TIER_UNAVAILABLE,
+        "no pod of the {tier} tier could be reached: {detail}",
+    ),
+    Failure.INVALID: (Reason.INVALID_VALUE, "{detail}"),
+    Failure.OTHER: (Reason.UPSTREAM_FAILED, "the {tier} tier failed: {detail}"),
 }
+"""What each backend failure is refused as, and how it is said."""
 
 
 def backend_refusal(tier: TierName, error: BackendError) -> Refused:
     """A failed backend call as a refusal, saying what happened in the tier's words."""
-    messages = {
-        Failure.QUEUE_FULL: f"the {tier} tier is saturated: {error.detail}",
-        Failure.TIMEOUT: f"the {tier} tier did not answer within its deadline: {error.detail}",
-        Failure.CONNECT: f"no pod of the {tier} tier could be reached: {error.detail}",
-        Failure.INVALID: error.detail,
-        Failure.OTHER: f"the {tier} tier failed: {error.detail}",
-    }
-    return Refused(_FAILURES[error.failure], messages[error.failure])
+    reason, message = _FAILURES[error.failure]
+    return Refused(reason, message.format(tier=tier, detail=error.detail))
 
 
 class Dispatcher:

@@ -70,7 +70,7 @@ def _replicas(cluster: FakeCluster, name: str) -> int:
     return int(deployment["spec"]["replicas"])
 
 
-def _ready(cluster: FakeCluster, status: dict[str, Any]) -> dict[str, str]:
+def _reasons_by_condition(status: dict[str, Any]) -> dict[str, str]:
     return {c["type"]: c["reason"] for c in status["conditions"]}
 
 
@@ -96,7 +96,7 @@ def test_create_applies_every_child_hands_replicas_over_and_reports_status(
     status = cluster.imd(NS, "sd")["status"]
     assert status["observedGeneration"] == 1
     assert status["endpoint"] == "http://sd-router.images.svc:8080"
-    assert _ready(cluster, status)["Ready"] == "TiersNotReady"
+    assert _reasons_by_condition(status)["Ready"] == "TiersNotReady"
 
 
 def test_spec_change_applies_the_new_config_and_keeps_the_autoscalers_replicas(
@@ -149,7 +149,7 @@ def test_missing_reference_touches_nothing_warns_and_retries_with_backoff(
         ("Warning", "PersistentVolumeClaimNotFound")
     ]
     status = cluster.imd(NS, "sd")["status"]
-    assert _ready(cluster, status)["Ready"] == "PersistentVolumeClaimNotFound"
+    assert _reasons_by_condition(status)["Ready"] == "PersistentVolumeClaimNotFound"
     cluster.existing.add(("PersistentVolumeClaim", NS, "models"))
     reconcile(context, cluster.imd(NS, "sd"))
     assert cluster.get("Deployment", NS, "sd-efficient") is not None
@@ -249,7 +249,7 @@ def test_a_deployment_becoming_ready_refreshes_the_status(
             logger=handlers.log,
         )
     status = cluster.imd(NS, "sd")["status"]
-    assert _ready(cluster, status)["Ready"] == "AllTiersReady"
+    assert _reasons_by_condition(status)["Ready"] == "AllTiersReady"
     assert status["tiers"]["efficient"]["readiness"] == "1/1"
 
 
