@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # generators (docs/development.md). `make install` installs them all, editable.
 PACKAGES := contracts operator router runtime testbed monitoring
 
-.PHONY: help install generate verify test test-fast binaries tools cluster-up cluster-down demo bench clean
+.PHONY: help install generate verify test test-fast binaries tools images cluster-up cluster-up-fake cluster-down demo demo-local bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ verify: install ## Lint, format, strict types, import layers, generated files un
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(foreach p,$(PACKAGES),$(p)/duotone_$(p)) hack/generate.py tests/support tests/fakes \
-	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py bench/router.py bench/autoscaler.py bench/local_cluster.py \
+	  bench/reconcile.py bench/runtime.py bench/gpu_runtime.py bench/router.py bench/autoscaler.py bench/local_cluster.py bench/mixed_burst.py bench/cold_start.py \
 	  hack/demo.py
 	$(VENV)/bin/lint-imports
 	$(PY) hack/generate.py --check
@@ -40,8 +40,11 @@ verify: install ## Lint, format, strict types, import layers, generated files un
 test-fast: install ## Unit tests only (pure, seconds)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-binaries: ## Build (first time, ~10 min) or reuse the control-plane binaries
-	hack/build-binaries.sh >/dev/null
+binaries: ## Build (first time, ~15 min) or reuse the control-plane and real-node binaries
+	hack/build-binaries.sh --node >/dev/null
+
+images: tools ## Build the operator, router and CPU runtime images (buildah, cached by content)
+	hack/images.sh build
 
 tools: ## Install Prometheus/promtool (Debian) and build Helm (Go module) if missing
 	hack/install-tools.sh
@@ -49,14 +52,20 @@ tools: ## Install Prometheus/promtool (Debian) and build Helm (Go module) if mis
 test: install binaries tools ## The whole suite: unit, integration and e2e on a real control plane
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-cluster-up: binaries ## Start a local control plane with fake GPU nodes (127.0.0.1 only)
+cluster-up: binaries tools ## Local control plane: fake GPU nodes and one real node with the images
+	hack/cluster-up.sh --real-node >/dev/null
+
+cluster-up-fake: binaries ## Local control plane with fake nodes only (no root, no images)
 	hack/cluster-up.sh >/dev/null
 
 cluster-down: ## Stop the local control plane and remove its state
 	hack/cluster-down.sh
 
-demo: install ## The main job: two CPU tiers behind the router, a request mix, PNGs and a table
+demo: install binaries tools ## The main job: the chart, the operator and a CPU IMD on the real node, OpenAI SDK traffic, autoscaling
 	$(PY) hack/demo.py
+
+demo-local: install ## The data plane alone (no Kubernetes): two CPU tiers and the router as local processes
+	$(PY) hack/demo.py --local
 
 bench: install ## Run the benchmarks in bench/ (figures go to docs/benchmarks.md)
 	@shopt -s nullglob; scripts=(bench/*.py bench/*.sh); \

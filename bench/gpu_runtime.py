@@ -348,6 +348,7 @@ def bench_model(args: argparse.Namespace, builds: list[Workload], workdir: Path)
             workdir / f"server-{work.steps}",
             tier_document(work, f"file://{model_dir}", device, max(batches)),
             extra_args=(f"--device={device}",),
+            cpu_threads=None,  # one server alone: the runtime sizes its pools from the machine
         )
         pipeline.to("cpu")  # leave the GPU to the server
         if device == "cuda":

@@ -208,6 +208,7 @@ def main() -> int:
             Path(tmp) / "server",
             tier_document(args),
             extra_args=(f"--batch-invariant={args.batch_invariant}",),
+            cpu_threads=None,  # one server alone: every core, like the naive mode's pipeline
         )
         print(f"starting tritonserver with builtin://tiny ({server.http_url}) ...", flush=True)
         server.start()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build (or reuse) the binaries of the local control plane, pinned in hack/versions.env.
 #
-# Usage: hack/build-binaries.sh [--check]
+# Usage: hack/build-binaries.sh [--node] [--check]
+#   --node    also the real node's binaries: kubelet, kube-proxy (same Kubernetes version) and
+#             containerd, its runc shim and ctr (CONTAINERD_VERSION), in their own cache folder.
 #   --check   build nothing; exit 1 with a message if a binary is missing.
 #
 # stdout: one KEY=VALUE line per binary (DUOTONE_KUBE_APISERVER=/abs/path, ...), so callers can
@@ -9,10 +11,13 @@
 #
 # Where each binary comes from, first match wins:
 #   1. an explicit override: DUOTONE_KUBE_APISERVER, DUOTONE_KUBE_CONTROLLER_MANAGER,
-#      DUOTONE_KUBE_SCHEDULER, DUOTONE_KUBECTL, DUOTONE_ETCD, DUOTONE_KWOK, DUOTONE_KWOKCTL;
+#      DUOTONE_KUBE_SCHEDULER, DUOTONE_KUBECTL, DUOTONE_ETCD, DUOTONE_KWOK, DUOTONE_KWOKCTL,
+#      DUOTONE_KUBELET, DUOTONE_KUBE_PROXY, DUOTONE_CONTAINERD, DUOTONE_CONTAINERD_SHIM_RUNC_V2,
+#      DUOTONE_CTR;
 #   2. "$KUBEBUILDER_ASSETS/<name>" (envtest assets hold kube-apiserver, etcd and kubectl);
-#   3. the cache "${DUOTONE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/duotone/bin}/k8s-<v>_etcd-<v>_kwok-<v>/";
-#   4. otherwise the group it belongs to (kubernetes, etcd, kwok) is built into the cache.
+#   3. the cache "${DUOTONE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/duotone/bin}/k8s-<v>_etcd-<v>_kwok-<v>/"
+#      (the node's binaries: ".../node-k8s-<v>_containerd-<v>/");
+#   4. otherwise the group it belongs to (kubernetes, etcd, kwok, node) is built into the cache.
 # kubectl alone may also come from PATH when the kubernetes group needs no build.
 set -euo pipefail
 
@@ -21,21 +26,30 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "${REPO_ROOT}/hack/versions.env"
 
 CHECK_ONLY=false
+WITH_NODE=false
 BUILD_WORK=""
-case "${1:-}" in
-  "") ;;
-  --check) CHECK_ONLY=true ;;
-  -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) echo "build-binaries: unknown argument '$1' (see --help)" >&2; exit 2 ;;
-esac
+for arg in "$@"; do
+  case "$arg" in
+    --check) CHECK_ONLY=true ;;
+    --node) WITH_NODE=true ;;
+    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "build-binaries: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
 
 CACHE_ROOT="${DUOTONE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/duotone/bin}"
 BIN_DIR="${CACHE_ROOT}/k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
+NODE_BIN_DIR="${CACHE_ROOT}/node-k8s-${KUBE_VERSION}_containerd-${CONTAINERD_VERSION}"
 
 KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 ETCD_BINARIES=(etcd)
 KWOK_BINARIES=(kwok kwokctl)
+NODE_KUBE_BINARIES=(kubelet kube-proxy)
+NODE_CONTAINERD_BINARIES=(containerd containerd-shim-runc-v2 ctr)
 ALL_BINARIES=("${KUBE_BINARIES[@]}" "${ETCD_BINARIES[@]}" "${KWOK_BINARIES[@]}")
+if $WITH_NODE; then
+  ALL_BINARIES+=("${NODE_KUBE_BINARIES[@]}" "${NODE_CONTAINERD_BINARIES[@]}")
+fi
 
 log() { echo "[build-binaries] $*" >&2; }
 die() { echo "[build-binaries] ERROR: $*" >&2; exit 1; }
@@ -43,9 +57,12 @@ die() { echo "[build-binaries] ERROR: $*" >&2; exit 1; }
 # DUOTONE_KUBE_APISERVER for kube-apiserver, and so on.
 override_var() { local n="${1//-/_}"; echo "DUOTONE_${n^^}"; }
 
+is_node_binary() { [[ " ${NODE_KUBE_BINARIES[*]} ${NODE_CONTAINERD_BINARIES[*]} " == *" $1 "* ]]; }
+
 # Print where a binary comes from, or nothing if it has to be built.
 resolve() {
-  local name=$1 var path
+  local name=$1 var path dir=$BIN_DIR
+  is_node_binary "$name" && dir=$NODE_BIN_DIR
   var=$(override_var "$name")
   if [[ -n "${!var:-}" ]]; then
     echo "${!var}"; return
@@ -53,8 +70,8 @@ resolve() {
   if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "${KUBEBUILDER_ASSETS}/${name}" ]]; then
     echo "${KUBEBUILDER_ASSETS}/${name}"; return
   fi
-  if [[ -x "${BIN_DIR}/${name}" ]]; then
-    echo "${BIN_DIR}/${name}"; return
+  if [[ -x "${dir}/${name}" ]]; then
+    echo "${dir}/${name}"; return
   fi
 }
 
@@ -114,35 +131,60 @@ init_wrapper() {
   done
 }
 
-build_kubernetes() {
-  local work=$1 out=$2 v="v${KUBE_VERSION}" staging="v0.${KUBE_VERSION#1.}" minor upstream m flags="" k
+# The wrapper module for k8s.io/kubernetes commands: its go/godebug lines, and every staging
+# module that k8s.io/kubernetes requires at v0.0.0 (it replaces them with ./staging/..., which Go
+# ignores in a dependency) pointed at its published tag. Sets KUBE_LDFLAGS.
+prepare_kube_wrapper() {
+  local dir=$1 v="v${KUBE_VERSION}" staging="v0.${KUBE_VERSION#1.}" minor upstream m k
   minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
   log "kubernetes ${v}: preparing wrapper module (staging modules at ${staging})"
   upstream=$(gomod_of "k8s.io/kubernetes@${v}")
   [[ -n "$upstream" ]] || die "could not download k8s.io/kubernetes@${v} from the module proxy"
-  init_wrapper "$work/kubernetes" duotone.local/kube-binaries "$upstream"
-  # Every staging module that k8s.io/kubernetes requires at v0.0.0 (it replaces them with
-  # ./staging/... which Go ignores in a dependency) is pointed at its published tag.
+  init_wrapper "$dir" duotone.local/kube-binaries "$upstream"
   sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$upstream" | while read -r m; do
     if grep -qE "^[[:space:]]*${m//./\\.} v0\.0\.0" "$upstream"; then
-      (cd "$work/kubernetes" && go mod edit -replace="${m}=${m}@${staging}")
+      (cd "$dir" && go mod edit -replace="${m}=${m}@${staging}")
     fi
   done
-  run_with_progress "resolve kubernetes modules" "$work/kube-get.log" \
-    bash -c "cd '$work/kubernetes' && go get -tool \
-      k8s.io/kubernetes/cmd/kube-apiserver@${v} k8s.io/kubernetes/cmd/kube-controller-manager@${v} \
-      k8s.io/kubernetes/cmd/kube-scheduler@${v} k8s.io/kubernetes/cmd/kubectl@${v}"
   # The same version variables upstream's hack/lib/version.sh sets, so /version is right.
+  KUBE_LDFLAGS=""
   for k in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    flags+=" -X ${k}.gitVersion=${v} -X ${k}.gitMajor=1 -X ${k}.gitMinor=${minor}"
-    flags+=" -X ${k}.gitTreeState=clean -X ${k}.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    KUBE_LDFLAGS+=" -X ${k}.gitVersion=${v} -X ${k}.gitMajor=1 -X ${k}.gitMinor=${minor}"
+    KUBE_LDFLAGS+=" -X ${k}.gitTreeState=clean -X ${k}.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   done
-  log "kubernetes ${v}: compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (slow the first time)"
-  run_with_progress "compile kubernetes" "$work/kube-build.log" \
-    bash -c "cd '$work/kubernetes' && CGO_ENABLED=0 go build -v -trimpath -tags=selinux,notest \
-      -ldflags 'all=${flags} -s -w' -o '$out/' \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+}
+
+# build_kube_commands WORK OUT LABEL CMD...: k8s.io/kubernetes/cmd/<CMD> for each CMD into OUT.
+build_kube_commands() {
+  local work=$1 out=$2 label=$3 v="v${KUBE_VERSION}" c tools=() pkgs=()
+  shift 3
+  for c in "$@"; do
+    tools+=("k8s.io/kubernetes/cmd/${c}@${v}")
+    pkgs+=("k8s.io/kubernetes/cmd/${c}")
+  done
+  prepare_kube_wrapper "$work/$label"
+  run_with_progress "resolve ${label} modules" "$work/${label}-get.log" \
+    bash -c "cd '$work/$label' && go get -tool ${tools[*]}"
+  log "kubernetes ${v}: compiling $* (slow the first time)"
+  run_with_progress "compile ${label}" "$work/${label}-build.log" \
+    bash -c "cd '$work/$label' && CGO_ENABLED=0 go build -v -trimpath -tags=selinux,notest \
+      -ldflags 'all=${KUBE_LDFLAGS} -s -w' -o '$out/' ${pkgs[*]}"
+}
+
+build_kubernetes() {
+  build_kube_commands "$1" "$2" kubernetes kube-apiserver kube-controller-manager kube-scheduler kubectl
+}
+
+# containerd, its runc v2 shim and ctr from containerd's Go module (no btrfs snapshotter: it
+# needs cgo); runc itself and the CNI plugins come from Debian (hack/install-tools.sh --node).
+build_containerd() {
+  local work=$1 out=$2 v="v${CONTAINERD_VERSION}" m="github.com/containerd/containerd/v2/cmd"
+  log "containerd ${v}: compiling containerd, containerd-shim-runc-v2, ctr"
+  mkdir -p "$work"
+  run_with_progress "compile containerd" "$work/containerd-build.log" \
+    env GOBIN="$out" CGO_ENABLED=0 go install -v -trimpath -tags no_btrfs \
+      -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=${v}" \
+      "${m}/containerd@${v}" "${m}/containerd-shim-runc-v2@${v}" "${m}/ctr@${v}"
 }
 
 build_etcd() {
@@ -173,6 +215,11 @@ compute_missing() {
   missing_kube=$(group_missing kube-apiserver kube-controller-manager kube-scheduler)
   missing_etcd=$(group_missing "${ETCD_BINARIES[@]}")
   missing_kwok=$(group_missing "${KWOK_BINARIES[@]}")
+  missing_node_kube="" missing_containerd=""
+  if $WITH_NODE; then
+    missing_node_kube=$(group_missing "${NODE_KUBE_BINARIES[@]}")
+    missing_containerd=$(group_missing "${NODE_CONTAINERD_BINARIES[@]}")
+  fi
   # kubectl is built with the other kubernetes binaries, or taken from PATH when no build is needed.
   if [[ -z "$missing_kube" && -z "$(resolve kubectl)" ]] && ! command -v kubectl >/dev/null; then
     missing_kube=kubectl
@@ -180,7 +227,7 @@ compute_missing() {
 }
 
 main() {
-  local missing_kube missing_etcd missing_kwok name path var
+  local missing_kube missing_etcd missing_kwok missing_node_kube missing_containerd name path var
   # Checked here, not in resolve(): a die inside $(resolve ...) would only leave the subshell.
   for name in "${ALL_BINARIES[@]}"; do
     var=$(override_var "$name")
@@ -190,7 +237,7 @@ main() {
   done
   compute_missing
 
-  if [[ -n "$missing_kube$missing_etcd$missing_kwok" ]] && ! $CHECK_ONLY && command -v flock >/dev/null; then
+  if [[ -n "$missing_kube$missing_etcd$missing_kwok$missing_node_kube$missing_containerd" ]] && ! $CHECK_ONLY && command -v flock >/dev/null; then
     # One build at a time per cache; whoever waited re-checks what the other one built.
     mkdir -p "$CACHE_ROOT"
     exec 9>"${CACHE_ROOT}/.build.lock"
@@ -198,9 +245,9 @@ main() {
     compute_missing
   fi
 
-  if [[ -n "$missing_kube$missing_etcd$missing_kwok" ]]; then
+  if [[ -n "$missing_kube$missing_etcd$missing_kwok$missing_node_kube$missing_containerd" ]]; then
     if $CHECK_ONLY; then
-      die "missing control-plane binaries: $(printf '%s\n' "$missing_kube" "$missing_etcd" "$missing_kwok" | xargs).
+      die "missing test-bed binaries: $(printf '%s\n' "$missing_kube" "$missing_etcd" "$missing_kwok" "$missing_node_kube" "$missing_containerd" | xargs).
 Run hack/build-binaries.sh (or 'make binaries') to build them into ${BIN_DIR}
 (several minutes the first time), or point KUBEBUILDER_ASSETS / DUOTONE_<BINARY> at existing ones."
     fi
@@ -220,8 +267,17 @@ Run hack/build-binaries.sh (or 'make binaries') to build them into ${BIN_DIR}
     [[ -z "$missing_kwok" ]] || build_kwok "$work/kwok" "$work/out"
     [[ -z "$missing_kube" ]] || build_kubernetes "$work" "$work/out"
     for path in "$work"/out/*; do
+      [[ -e "$path" ]] || continue
       mv -f "$path" "${BIN_DIR}/$(basename "$path")"
     done
+    if [[ -n "$missing_node_kube$missing_containerd" ]]; then
+      mkdir -p "$NODE_BIN_DIR" "$work/node-out"
+      [[ -z "$missing_containerd" ]] || build_containerd "$work/containerd" "$work/node-out"
+      [[ -z "$missing_node_kube" ]] || build_kube_commands "$work" "$work/node-out" node "${NODE_KUBE_BINARIES[@]}"
+      for path in "$work"/node-out/*; do
+        mv -f "$path" "${NODE_BIN_DIR}/$(basename "$path")"
+      done
+    fi
     log "all builds done in $(fmt_duration $(( $(date +%s) - total_start )))"
   else
     log "all binaries present; nothing to build (cache: ${BIN_DIR})"

@@ -10,6 +10,13 @@ STATE_DIR="${CLUSTER_DIR}/kwok/clusters/${CLUSTER_NAME}"
 
 log() { echo "[cluster-down] $*" >&2; }
 
+# The real node first: its kubelet and pods talk to the API server. Then check that nothing of
+# it is left on the host (processes, mounts, bridge, iptables chains, cgroups, sysctls).
+if [[ -d "${CLUSTER_DIR}/node" ]]; then
+  "${REPO_ROOT}/hack/real-node.sh" down "$CLUSTER_DIR"
+  "${REPO_ROOT}/hack/real-node.sh" check --node
+fi
+
 if [[ ! -d "$STATE_DIR" ]]; then
   log "no cluster '${CLUSTER_NAME}' in ${CLUSTER_DIR}; nothing to do"
   rm -f "${CLUSTER_DIR}/kubeconfig" "${CLUSTER_DIR}/binaries.env"
@@ -42,6 +49,7 @@ if [[ -d "${STATE_DIR}/pids" ]]; then
   done
 fi
 
-rm -rf "$STATE_DIR" "${CLUSTER_DIR}/kubeconfig" "${CLUSTER_DIR}/binaries.env"
+rm -rf "$STATE_DIR" "${CLUSTER_DIR}/kubeconfig" "${CLUSTER_DIR}/binaries.env" "${CLUSTER_DIR}/mode" \
+  "${CLUSTER_DIR}/kwokctl-real-node.yaml"
 rmdir "${CLUSTER_DIR}/kwok/clusters" "${CLUSTER_DIR}/kwok" 2>/dev/null || true
 log "done"

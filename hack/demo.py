@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""`make demo`: two real CPU tiers behind the router, driven through the OpenAI SDK.
+"""`make demo`: the product on the local test bed, driven through the OpenAI SDK.
 
-Renders examples/tiny-cpu.yaml the way the operator does (tier.json and router.json), starts
-an efficient and a flagship `duotone-runtime serve` (tritonserver on CPU, builtin://tiny) and
-`duotone-router`, sends a mix of requests (split, named tiers, quality hints, a burst that
-overflows the flagship, one invalid request), writes the PNGs to demo-output/, prints a table
-per tier and stops everything it started.
+Starts the local control plane with its real node (hack/cluster-up.sh --real-node: the images
+are built from the repository's Dockerfiles and loaded the first time), installs the Helm chart
+(the operator runs as a pod from its image), applies examples/tiny-cpu.yaml and waits for it to
+be Ready, then sends a request mix through the router pod (split, named tiers, quality hints, a
+flagship burst, one invalid request), then a load phase that makes the autoscaler scale the
+efficient tier up (a real pod starts and enters the router's pool through its EndpointSlice)
+and back down. Prints a table per tier, the scale events with their reasons and where the PNGs
+are; exits non-zero if any request other than the deliberate invalid one failed.
+
+`--local` runs the data plane alone, without Kubernetes: the two tiers and the router as local
+processes configured exactly as the operator configures them (`make demo-local`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import base64
 import statistics
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,8 @@ import openai
 import yaml
 
 from duotone_contracts.api.validation import parse_imd
+from duotone_contracts.metrics import ROUTER_BACKENDS
+from duotone_testbed.cluster import RealCluster, poll
 from duotone_testbed.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +133,7 @@ async def drive(url: str, count: int, concurrency: int) -> list[Outcome]:
     outcomes.append(
         await send(
             client,
-            "too-many-steps",
+            INVALID_LABEL,
             {"prompt": "x", "extra_body": {"steps": 99, "tier": "efficient"}},
             limit,
         )
@@ -133,17 +142,41 @@ async def drive(url: str, count: int, concurrency: int) -> list[Outcome]:
     return outcomes
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--example", type=Path, default=ROOT / "examples" / "tiny-cpu.yaml")
-    parser.add_argument("--out", type=Path, default=ROOT / "demo-output")
-    parser.add_argument("--requests", type=int, default=40, help="unnamed requests in the mix")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
-    args = parser.parse_args()
+INVALID_LABEL = "too-many-steps"
 
-    manifest = yaml.safe_load(args.example.read_text())
-    manifest["metadata"].setdefault("namespace", "demo")
+
+def unexpected(outcomes: list[Outcome]) -> list[Outcome]:
+    """Every failed request except the deliberate invalid one (which must be refused with 422)."""
+    return [
+        o
+        for o in outcomes
+        if (o.label == INVALID_LABEL and o.status != 422)
+        or (o.label != INVALID_LABEL and o.status != 200)
+    ]
+
+
+def write_pngs(outcomes: list[Outcome], out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for outcome in outcomes:
+        for j, png in enumerate(outcome.images):
+            (out / f"{outcome.label}-{outcome.tier}-{j}.png").write_bytes(png)
+            written += 1
+    return written
+
+
+def report(outcomes: list[Outcome], out: Path) -> int:
+    written = write_pngs(outcomes, out)
+    print(f"==> {len(outcomes)} requests, {written} images in {out}")
+    print(table(outcomes))
+    failed = unexpected(outcomes)
+    for outcome in failed:
+        print(f"  unexpected: {outcome.label} answered {outcome.status}")
+    print(f"==> unexpected failures: {len(failed)}")
+    return 1 if failed else 0
+
+
+def run_local(args: argparse.Namespace, manifest: dict[str, Any]) -> int:
     imd = parse_imd(manifest)
     print(f"==> starting the {', '.join(imd.spec.tiers.present())} tiers and the router (CPU)")
     started = time.monotonic()
@@ -151,16 +184,139 @@ def main() -> int:
         assert stack.router is not None
         print(f"==> ready in {time.monotonic() - started:.0f}s; endpoint {stack.router.url}/v1")
         outcomes = asyncio.run(drive(stack.router.url, args.requests, args.concurrency))
-    args.out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for outcome in outcomes:
-        for j, png in enumerate(outcome.images):
-            (args.out / f"{outcome.label}-{outcome.tier}-{j}.png").write_bytes(png)
-            written += 1
-    print(f"==> {len(outcomes)} requests, {written} images in {args.out}")
+    return report(outcomes, args.out)
+
+
+def router_backends(url: str, tier: str) -> int:
+    """The router's own count of ready pods in its pool for `tier` (its metrics endpoint)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310 - test bed
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(ROUTER_BACKENDS.name) and f'tier="{tier}"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+async def load(url: str, concurrency: int, stop: asyncio.Event) -> list[Outcome]:
+    """Efficient-tier requests from `concurrency` clients until `stop` is set."""
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0)
+    limit = asyncio.Semaphore(concurrency)
+    outcomes: list[Outcome] = []
+
+    async def worker(w: int) -> None:
+        i = 0
+        while not stop.is_set():
+            arguments = {"prompt": f"load {w}-{i}", "extra_body": {"tier": "efficient", "steps": 4}}
+            outcomes.append(await send(client, f"load-{w}-{i}", arguments, limit))
+            i += 1
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    await client.close()
+    return outcomes
+
+
+async def load_phase(
+    cluster: RealCluster, namespace: str, name: str, url: str, args: argparse.Namespace
+) -> list[Outcome]:
+    """Load until the efficient tier runs 2 ready pods that the router routes to, then stop."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(load(url, args.load_concurrency, stop))
+    started = time.monotonic()
+    target = 2
+    try:
+        while time.monotonic() - started < args.load_timeout:
+            _, ready = await asyncio.to_thread(cluster.replicas, namespace, name, "efficient")
+            pool = await asyncio.to_thread(router_backends, url, "efficient")
+            if ready >= target and pool >= target:
+                print(
+                    f"    {time.monotonic() - started:.0f}s: efficient has {ready} ready pods, "
+                    f"{pool} in the router's pool"
+                )
+                break
+            await asyncio.sleep(1)
+        else:
+            print(f"    the efficient tier did not reach {target} pods in {args.load_timeout:.0f}s")
+    finally:
+        stop.set()
+    return await task
+
+
+def run_cluster(args: argparse.Namespace, manifest: dict[str, Any]) -> int:
+    namespace = manifest["metadata"]["namespace"]
+    name = manifest["metadata"]["name"]
+    started = time.monotonic()
+    print("==> test bed: control plane, fake GPU nodes, one real node (hack/cluster-up.sh)")
+    cluster = RealCluster.up(ROOT, args.cluster_dir)
+    print(f"    up in {time.monotonic() - started:.0f}s; KUBECONFIG={cluster.kubeconfig}")
+    print("==> helm upgrade --install duotone charts/duotone (the operator runs as a pod)")
+    cluster.install_operator()
+    print(f"==> kubectl apply -n {namespace} -f {args.example.relative_to(ROOT)}")
+    cluster.ensure_namespace(namespace)
+    cluster.apply(manifest, namespace)
+    poll(
+        lambda: cluster.imd_condition(namespace, name) == "True",
+        timeout_s=args.ready_timeout,
+        what=f"imd/{name} Ready",
+    )
+    url = cluster.router_url(namespace, name)
+    print(f"==> Ready after {time.monotonic() - started:.0f}s; endpoint {url}/v1 (router Service)")
+    outcomes = asyncio.run(drive(url, args.requests, args.concurrency))
     print(table(outcomes))
-    refused = [o for o in outcomes if o.label == "too-many-steps"]
-    return 0 if refused and refused[0].status == 422 else 1
+
+    print(f"==> load phase: {args.load_concurrency} clients on the efficient tier")
+    load_started = time.monotonic()
+    loaded = asyncio.run(load_phase(cluster, namespace, name, url, args))
+    print(table(loaded))
+    print("==> load stopped; waiting for the autoscaler to scale the efficient tier back down")
+    try:
+        poll(
+            lambda: cluster.replicas(namespace, name, "efficient")[0] <= 1,
+            timeout_s=args.scale_down_timeout,
+            what="the efficient tier back at 1 replica",
+            every_s=1,
+        )
+        print(f"    back at 1 replica {time.monotonic() - load_started:.0f}s after the load began")
+    except TimeoutError as error:
+        print(f"    {error}")
+    print("==> scale events")
+    scaled = [
+        e for e in cluster.events(namespace, name) if str(e.get("reason")).startswith("Scaled")
+    ]
+    for event in scaled:
+        print(f"  {event.get('lastTimestamp') or ''} {event['reason']}: {event['message']}")
+    status = report(outcomes + loaded, args.out)
+    ups = [e for e in scaled if e["reason"] == "ScaledUp"]
+    downs = [e for e in scaled if e["reason"] == "ScaledDown"]
+    if not ups or not downs:
+        print("==> the autoscaler did not scale the efficient tier both up and down")
+        status = 1
+    print(f"==> done in {time.monotonic() - started:.0f}s; the cluster keeps running:")
+    print(f"    export KUBECONFIG={cluster.kubeconfig}; kubectl get imd,pods -n {namespace}")
+    print("    make cluster-down stops it and leaves the host as it was")
+    return status
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--local", action="store_true", help="the data plane alone, no Kubernetes")
+    parser.add_argument("--example", type=Path, default=ROOT / "examples" / "tiny-cpu.yaml")
+    parser.add_argument("--namespace", default="demo")
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-output")
+    parser.add_argument("--requests", type=int, default=40, help="unnamed requests in the mix")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--load-concurrency", type=int, default=12)
+    parser.add_argument("--load-timeout", type=float, default=240)
+    parser.add_argument("--ready-timeout", type=float, default=600)
+    parser.add_argument("--scale-down-timeout", type=float, default=240)
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
+    parser.add_argument("--cluster-dir", type=Path, default=ROOT / ".cluster")
+    args = parser.parse_args()
+
+    manifest = yaml.safe_load(args.example.read_text())
+    manifest["metadata"]["namespace"] = args.namespace
+    if args.local:
+        return run_local(args, manifest)
+    return run_cluster(args, manifest)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Install the test bed's tools if missing; idempotent, prints what it does.
+#   - the real node's Debian packages: runc, the CNI plugins, iptables, openssl, and buildah and
+#     mmdebstrap for the images (containerd, kubelet and kube-proxy are built by
+#     hack/build-binaries.sh --node);
 #   - prometheus and promtool: Debian's prometheus package (real Prometheus in tests, rule tests);
 #   - helm: built from its Go module (HELM_VERSION in hack/versions.env) into the binary cache;
 #   - prometheus-operator's CRDs: its Go module (PROMETHEUS_OPERATOR_VERSION) in the module cache.
@@ -40,6 +43,29 @@ install_prometheus() {
   echo "prometheus installed: $(prometheus --version 2>&1 | head -1)"
 }
 
+NODE_PACKAGES=(runc containernetworking-plugins iptables openssl buildah mmdebstrap)
+NODE_COMMANDS=(runc /usr/lib/cni/bridge iptables openssl buildah mmdebstrap)
+
+install_node_packages() {
+  local c missing=false
+  for c in "${NODE_COMMANDS[@]}"; do
+    command -v "$c" >/dev/null || [[ -x "$c" ]] || missing=true
+  done
+  if ! $missing; then
+    echo "real-node packages present: ${NODE_PACKAGES[*]}"
+    return
+  fi
+  command -v apt-get >/dev/null || {
+    echo "the real node needs the Debian/Ubuntu packages: ${NODE_PACKAGES[*]}" >&2
+    exit 1
+  }
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "==> installing Debian packages for the real node: ${NODE_PACKAGES[*]} (about 30 s)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${NODE_PACKAGES[@]}" >/dev/null
+}
+
 install_helm() {
   if [[ -x "$HELM_BIN" ]]; then
     echo "helm present: $HELM_BIN ($("$HELM_BIN" version --short 2>/dev/null))"
@@ -75,4 +101,5 @@ if [[ "${1:-}" == "--print-monitoring-crds" ]]; then
 fi
 install_prometheus
 install_helm
+install_node_packages
 echo "prometheus-operator CRDs present: $(monitoring_crds_dir)"

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-# The real control plane (`cluster`, `namespace`) and the operator under its RBAC.
-pytest_plugins = ["tests.support.cluster", "tests.support.operator_process"]
+# The real control plane (`cluster`, `namespace`), the operator under its RBAC, and the test
+# bed with its real node (`real_cluster`, `real_namespace`).
+pytest_plugins = [
+    "tests.support.cluster",
+    "tests.support.operator_process",
+    "tests.support.real_node",
+]
 
 _MARKERS = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
 

@@ -4,6 +4,9 @@ The operator writes it into the tier's ConfigMap as `tier.json`; the runtime lau
 from the mounted file and hands the same text to its Triton model. It is
 `{"name": "efficient" | "flagship", "spec": <TierSpec, camelCase, defaults applied>}`, written
 only by `TierDocument.to_json` and read only by `parse_tier_document` (pure).
+
+The pod's CPU reaches the runtime through the downward API, in the environment variables named
+here: the operator renders them, the runtime sizes its thread pools from them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from duotone_contracts.api.v1alpha1 import TIER_NAMES, FlagshipTierSpec, TierNam
 
 TIER_DOCUMENT_FILE: Final = "tier.json"
 """The tier ConfigMap's key, and the file name where the pod mounts it."""
+
+CPU_REQUEST_MILLICORES_ENV: Final = "DUOTONE_CPU_REQUEST_MILLICORES"
+"""The runtime container's `requests.cpu` in millicores (downward API, divisor 1m)."""
+CPU_LIMIT_MILLICORES_ENV: Final = "DUOTONE_CPU_LIMIT_MILLICORES"
+"""The runtime container's `limits.cpu` in millicores; the node's allocatable CPU when the
+container sets no limit (downward API)."""
 
 
 class TierDocumentError(ValueError):

@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import logging
 import os
+import pwd
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 import kopf
 from aiohttp import web
@@ -22,6 +23,36 @@ from duotone_operator.policy.freshness import WatchFreshness
 from duotone_operator.render.objects import DEFAULT_ROUTER_IMAGE, RenderSettings
 
 log = logging.getLogger("duotone.operator")
+
+
+LOGIN_NAME_VARIABLES = ("LOGNAME", "USER", "LNAME", "USERNAME")
+"""What `getpass.getuser()` reads, in its order, before it falls back to the passwd database."""
+
+
+def login_name_fallback(
+    environ: Mapping[str, str], uid: int, passwd_name: str | None
+) -> str | None:
+    """The USER value that keeps `getpass.getuser()` from failing, or None when it works as is.
+
+    Kopf names its peering identity with `getpass.getuser()`, which raises
+    `KeyError: 'getpwuid(): uid not found: 10001'` when no login variable is set and the uid has
+    no passwd entry (the chart's `runAsUser: 10001` under any image without that user).
+    """
+    if any(environ.get(name) for name in LOGIN_NAME_VARIABLES) or passwd_name is not None:
+        return None
+    return f"uid-{uid}"
+
+
+def ensure_login_name(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set USER when neither the environment nor the passwd database names this process's user."""
+    uid = os.getuid()
+    try:
+        passwd_name: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        passwd_name = None
+    fallback = login_name_fallback(environ, uid, passwd_name)
+    if fallback is not None:
+        environ["USER"] = fallback
 
 
 def _env(name: str, default: str) -> str:
@@ -153,6 +184,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    ensure_login_name()
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,

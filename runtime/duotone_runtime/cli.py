@@ -23,6 +23,14 @@ from pathlib import Path
 from duotone_contracts import triton
 from duotone_contracts.api.v1alpha1 import TIER_NAMES, DType
 from duotone_contracts.tier import TierDocument, TierDocumentError, parse_tier_document
+from duotone_runtime.cpu_threads import (
+    CPU_THREADS_ENV,
+    CpuThreadsError,
+    affinity_count,
+    choose_cpu_threads,
+    read_cgroup_quota,
+    threads_per_instance,
+)
 from duotone_runtime.gate import supervise
 from duotone_runtime.launcher import (
     ServeOptions,
@@ -76,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         "(auto: on for cpu, off for cuda)",
     )
     serve.add_argument("--instances", type=int, default=1, help="model instances")
+    serve.add_argument(
+        "--cpu-threads",
+        type=int,
+        help=f"torch/OpenMP/MKL threads of the server, shared by its instances (default: "
+        f"${CPU_THREADS_ENV}, else the pod's CPU quota, request or limit, else the affinity)",
+    )
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--dry-run", action="store_true", help="print the command, do not run")
     return parser
@@ -119,9 +133,21 @@ def serve(args: argparse.Namespace) -> int:
         instance_count=args.instances,
         log_verbose=args.log_verbose,
     )
+    threads = choose_cpu_threads(
+        flag=args.cpu_threads,
+        environ=os.environ,
+        quota=read_cgroup_quota(),
+        affinity=affinity_count(),
+    )
+    per_instance = threads_per_instance(threads, options.instance_count)
+    print(
+        f"duotone-runtime: CPU threads: {threads.count} from {threads.source}; "
+        f"{per_instance} per model instance",
+        flush=True,
+    )
     install = find_tritonserver(args.tritonserver)
     command = prepare(options, workdir, install)
-    env = server_environment(install, os.environ)
+    env = server_environment(install, os.environ, cpu_threads=per_instance)
     print(f"duotone-runtime: tritonserver from {install.origin}: {shlex.join(command)}", flush=True)
     if args.dry_run:
         return 0
@@ -132,6 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return serve(args)
-    except (TierDocumentError, TritonNotFoundError, OSError) as error:
+    except (TierDocumentError, TritonNotFoundError, CpuThreadsError, OSError) as error:
         print(f"duotone-runtime: {error}", file=sys.stderr)
         return 2

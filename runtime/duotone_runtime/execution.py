@@ -8,10 +8,11 @@ the rest of the pipeline call. Imports torch: only the Triton model (and tests) 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from PIL import Image
 
 from duotone_contracts.limits import GenerationRequest
 from duotone_runtime.batching import ShapeKey
+from duotone_runtime.cpu_threads import MODEL_THREADS_ENV
 
 STAGES = ("text_encoding", "denoising", "vae_decode", "png_encode")
 
@@ -103,6 +105,26 @@ def make_batch_invariant(model: Any) -> int:
         module.forward = types.MethodType(per_sample, module)  # type: ignore[method-assign]
         changed += 1
     return changed
+
+
+@dataclass(frozen=True)
+class TorchThreads:
+    """torch's pool sizes after `apply_torch_threads`."""
+
+    intra_op: int
+    inter_op: int
+
+
+def apply_torch_threads(environ: Mapping[str, str]) -> TorchThreads:
+    """Size torch's pools from the launcher's count (`cpu_threads.MODEL_THREADS_ENV`); without
+    it torch keeps its default of one thread per core of the node."""
+    if value := environ.get(MODEL_THREADS_ENV):
+        threads = int(value)
+        torch.set_num_threads(threads)
+        # Settable once, before any inter-op work; a pool already started keeps its size.
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(threads)
+    return TorchThreads(torch.get_num_threads(), torch.get_num_interop_threads())
 
 
 def encode_png(pixels: Any) -> bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from duotone_contracts import triton
 from duotone_contracts.tier import TierDocument
+from duotone_runtime.cpu_threads import thread_environment
 from duotone_runtime.settings import Device
 from duotone_runtime.triton_config import render_config_pbtxt
 
@@ -210,14 +211,17 @@ def server_command(
     ]
 
 
-def server_environment(install: TritonInstall, base: Mapping[str, str]) -> dict[str, str]:
-    """The server's environment: the stub must find this interpreter's libpython and packages.
+def server_environment(
+    install: TritonInstall, base: Mapping[str, str], *, cpu_threads: int
+) -> dict[str, str]:
+    """The server's environment: the stub must find this interpreter's libpython and packages,
+    and its thread pools get `cpu_threads` each (`cpu_threads.py`), never one per node core.
 
     The stub embeds Python: it needs the interpreter's own libpython ahead of any system copy,
     the wheel's bundled libraries, and this environment's `bin` first on PATH (PYTHONPATH
     alone is not honoured).
     """
-    env = dict(base)
+    env = dict(base) | thread_environment(cpu_threads)
     libdir = sysconfig.get_config_var("LIBDIR")
     library_path = [*map(str, install.library_dirs), *([libdir] if libdir else [])]
     if env.get("LD_LIBRARY_PATH"):

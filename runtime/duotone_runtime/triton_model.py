@@ -10,6 +10,7 @@ One request's problem never fails the others in its batch.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import tempfile
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from duotone_contracts.limits import (
 )
 from duotone_contracts.tier import parse_tier_document
 from duotone_runtime.batching import ShapeKey, plan_pipeline_calls
-from duotone_runtime.execution import STAGES, PipelineRunner
+from duotone_runtime.execution import STAGES, PipelineRunner, apply_torch_threads
 from duotone_runtime.loading import load_pipeline, resolve_source
 
 BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
@@ -125,6 +126,10 @@ class TritonPythonModel:
         device = params.get("device", "cpu")
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
+        threads = apply_torch_threads(os.environ)
+        self.logger.log_info(
+            f"duotone: torch CPU threads: {threads.intra_op} intra-op, {threads.inter_op} inter-op"
+        )
         model = self.tier.spec.model
         resolved = resolve_source(
             model.source,

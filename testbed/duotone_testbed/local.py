@@ -80,6 +80,9 @@ class LocalServer:
     """The tier document (`duotone_contracts.tier`) as a JSON value."""
     exit_timeout_secs: int = 30
     extra_args: Sequence[str] = ()
+    cpu_threads: int | None = 1
+    """`--cpu-threads`: 1 keeps several servers on a small machine from thrashing (each
+    would otherwise size its pools from every core); None lets the runtime choose."""
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -121,6 +124,7 @@ class LocalServer:
             f"--triton-http-port={self.triton_http_port}",
             f"--triton-grpc-port={self.triton_grpc_port}",
             f"--exit-timeout-secs={self.exit_timeout_secs}",
+            *([] if self.cpu_threads is None else [f"--cpu-threads={self.cpu_threads}"]),
             *self.extra_args,
         ]
 

@@ -115,6 +115,9 @@ class LocalStack:
     router: LocalRouter | None = None
     extra_server_args: Sequence[str] = ()
     router_args: Sequence[str] = ()
+    server_cpu_threads: int | None = 1
+    """Threads of each server's pools (`LocalServer.cpu_threads`): one, as every server of
+    the stack shares this machine's cores."""
 
     @classmethod
     def from_imd(
@@ -141,6 +144,7 @@ class LocalStack:
             self.workdir / f"{tier}-{index}",
             self.tier_document(tier),
             extra_args=self.extra_server_args,
+            cpu_threads=self.server_cpu_threads,
         )
         self.servers.setdefault(tier, []).append(server)
         return server.start()

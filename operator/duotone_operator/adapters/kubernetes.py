@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,17 +45,30 @@ def client_configuration(kubeconfig: str | None) -> k8s.Configuration:
     return configuration
 
 
+_BEARER_SCHEME = re.compile(r"bearer\s+", re.IGNORECASE)
+
+
+def bearer_token(api_key: str | None) -> str | None:
+    """The raw token of an API key: the kubeconfig loader stores `Bearer <token>`, the in-cluster
+    loader `bearer <token>` (the scheme is case-insensitive, RFC 9110), and Kopf adds its own."""
+    if not api_key:
+        return None
+    scheme = _BEARER_SCHEME.match(api_key)
+    token = api_key[scheme.end() :] if scheme else api_key
+    return token.strip() or None
+
+
 def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
     """The same credentials for Kopf's own API client, so both act as one identity."""
-    token = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
-    if token and token.startswith("Bearer "):
-        token = token.removeprefix("Bearer ")
+    token = bearer_token(
+        configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
+    )
     return kopf.ConnectionInfo(
         server=configuration.host,
         ca_path=configuration.ssl_ca_cert,
         insecure=not configuration.verify_ssl,
         scheme="Bearer" if token else None,
-        token=token or None,
+        token=token,
         certificate_path=configuration.cert_file,
         private_key_path=configuration.key_file,
     )

@@ -8,7 +8,12 @@ import json
 from duotone_contracts.api.sources import parse_model_source
 from duotone_contracts.api.v1alpha1 import ImageModelDeployment, TierName, TierSpec
 from duotone_contracts.services import TIER_GRPC, TIER_HTTP, TIER_METRICS
-from duotone_contracts.tier import TIER_DOCUMENT_FILE, TierDocument
+from duotone_contracts.tier import (
+    CPU_LIMIT_MILLICORES_ENV,
+    CPU_REQUEST_MILLICORES_ENV,
+    TIER_DOCUMENT_FILE,
+    TierDocument,
+)
 from duotone_operator.render import names
 from duotone_operator.render.objects import (
     CONFIG_MOUNT,
@@ -21,6 +26,7 @@ from duotone_operator.render.objects import (
     service_port,
 )
 
+RUNTIME_CONTAINER = "runtime"
 MODEL_MOUNT = "/models"
 HF_CACHE_MOUNT = "/models/hf-cache"
 HF_TOKEN_MOUNT = "/var/run/secrets/duotone/hf"
@@ -107,12 +113,21 @@ def _volumes(
     return volumes, mounts
 
 
+def _cpu_millicores(name: str, resource: str) -> Manifest:
+    """The runtime sizes its thread pools from the pod's CPU, not the node's cores (downward
+    API; the runtime's `cpu_threads.py` prefers the cgroup quota and reads these after it)."""
+    field = {"containerName": RUNTIME_CONTAINER, "resource": resource, "divisor": "1m"}
+    return {"name": name, "valueFrom": {"resourceFieldRef": field}}
+
+
 def _env(spec: TierSpec) -> list[Manifest]:
     hf_home = HF_CACHE_MOUNT if spec.model.cache_claim_name is not None else "/cache/huggingface"
     env = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": hf_home},
         {"name": "HF_HUB_OFFLINE", "value": "0" if spec.model.allow_download else "1"},
+        _cpu_millicores(CPU_REQUEST_MILLICORES_ENV, "requests.cpu"),
+        _cpu_millicores(CPU_LIMIT_MILLICORES_ENV, "limits.cpu"),
     ]
     if spec.model.token_secret_ref is not None:
         env.append({"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_MOUNT}/token"})
@@ -162,7 +177,7 @@ def render_tier_deployment(
     config_map = names.tier_config_name(name, tier)
     volumes, mounts = _volumes(spec, config_map, settings)
     container: Manifest = {
-        "name": "runtime",
+        "name": RUNTIME_CONTAINER,
         "image": imd.spec.runtime.image,
         "imagePullPolicy": imd.spec.runtime.image_pull_policy,
         # The image's entrypoint is the runtime (`python -m duotone_runtime`).

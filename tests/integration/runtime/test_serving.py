@@ -299,3 +299,10 @@ def test_metrics_report_queue_latency_and_runtime_figures(
         assert value("duotone_stage_duration_seconds_count", stage=stage) >= 1, stage
     assert value("duotone_pipeline_batch_images_count") >= 1
     assert value("duotone_pipeline_batch_images_sum") == images
+
+
+def test_thread_pools_follow_the_launchers_count(server: RuntimeServer) -> None:
+    """The test bed starts servers with `--cpu-threads 1`; the model's torch uses exactly that."""
+    log = server.log.read_text(errors="replace")
+    assert "CPU threads: 1 from --cpu-threads 1; 1 per model instance" in log, log[-3000:]
+    assert "duotone: torch CPU threads: 1 intra-op, 1 inter-op" in log, log[-3000:]

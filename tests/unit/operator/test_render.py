@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from duotone_contracts.api import ImageModelDeployment, parse_imd
+from duotone_contracts.tier import CPU_LIMIT_MILLICORES_ENV, CPU_REQUEST_MILLICORES_ENV
 from duotone_operator.render import names
 from duotone_operator.render.children import render_children
 from duotone_operator.render.objects import RenderSettings
@@ -154,6 +155,33 @@ def test_cpu_tier_requests_no_gpu_and_tolerates_no_gpu_taint() -> None:
     )
 
 
+@pytest.mark.parametrize("tier", ["efficient", "flagship"])
+def test_runtime_reads_its_cpu_request_and_limit_from_the_downward_api(tier: str) -> None:
+    """The runtime sizes its thread pools from these, never from the node's cores."""
+    manifest = imd("sd").tier(tier).resources(cpu="1500m").build()
+    (container,) = _pod(render_children(_deployed(manifest), SETTINGS), f"sd-{tier}")["spec"][
+        "containers"
+    ]
+    fields = {
+        e["name"]: e["valueFrom"]["resourceFieldRef"] for e in container["env"] if "valueFrom" in e
+    }
+    assert fields == {
+        CPU_REQUEST_MILLICORES_ENV: {
+            "containerName": container["name"],
+            "resource": "requests.cpu",
+            "divisor": "1m",
+        },
+        CPU_LIMIT_MILLICORES_ENV: {
+            "containerName": container["name"],
+            "resource": "limits.cpu",
+            "divisor": "1m",
+        },
+    }
+    # requests == limits, so the container's cgroup has a quota the runtime prefers.
+    assert container["resources"]["requests"]["cpu"] == "1500m"
+    assert container["resources"]["limits"]["cpu"] == "1500m"
+
+
 @pytest.mark.parametrize(
     ("source", "claim", "runtime_source"),
     [
@@ -184,7 +212,7 @@ def test_hf_cache_claim_and_token_are_mounted_read_only_and_offline() -> None:
         cacheClaimName="hf-cache", tokenSecretRef={"name": "hf-token"}
     )
     spec = _pod(render_children(_deployed(manifest), SETTINGS), "sd-flagship")["spec"]
-    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"] if "value" in e}
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["HF_HOME"] == "/models/hf-cache"
     assert env["HF_TOKEN_PATH"].endswith("/token")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from duotone_contracts.tier import parse_tier_document
+from duotone_runtime.cpu_threads import MODEL_THREADS_ENV, THREAD_POOL_ENV
 from duotone_runtime.launcher import (
     STUB,
     ServeOptions,
@@ -82,11 +83,59 @@ def test_each_server_gets_its_own_shared_memory_prefix() -> None:
 
 def test_environment_puts_this_interpreter_first() -> None:
     install = TritonInstall(Path("/t"), Path("/b"), "explicit", library_dirs=(Path("/libs"),))
-    env = server_environment(install, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/old"})
+    env = server_environment(
+        install, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/old"}, cpu_threads=1
+    )
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     paths = env["LD_LIBRARY_PATH"].split(os.pathsep)
     assert paths[0] == "/libs"
     assert paths[-1] == "/old"
+
+
+def test_environment_sizes_the_thread_pools_from_the_chosen_count() -> None:
+    """The stub inherits these: torch, OpenMP, MKL and OpenBLAS never size from the node."""
+    install = TritonInstall(Path("/t"), Path("/b"), "explicit")
+    env = server_environment(install, {"OMP_NUM_THREADS": "64", "HOME": "/tmp"}, cpu_threads=2)
+    assert {k: env[k] for k in (MODEL_THREADS_ENV, *THREAD_POOL_ENV)} == {
+        "DUOTONE_MODEL_THREADS": "2",
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+        "OPENBLAS_NUM_THREADS": "2",
+    }
+    assert env["HOME"] == "/tmp", "the rest of the environment is kept"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "logged"),
+    [
+        pytest.param(
+            ["--cpu-threads=3"],
+            {"DUOTONE_CPU_THREADS": "7"},
+            "CPU threads: 3 from --cpu-threads 3; 3 per model instance",
+            id="the flag wins over the variable",
+        ),
+        pytest.param(
+            ["--instances=2"],
+            {"DUOTONE_CPU_THREADS": "4"},
+            "CPU threads: 4 from DUOTONE_CPU_THREADS=4; 2 per model instance",
+            id="instances share the count",
+        ),
+    ],
+)
+def test_serve_logs_the_thread_count_and_its_source(
+    tmp_path: Path, flags: list[str], env: dict[str, str], logged: str
+) -> None:
+    """`serve` chooses before anything else starts, and says what it chose and why."""
+    argv = ["serve", "--model-source=builtin://tiny", "--device=cpu", "--dry-run", *flags]
+    probe = f"import sys; from duotone_runtime.cli import main; sys.exit(main({argv!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "TMPDIR": str(tmp_path)},
+        check=False,
+    )
+    assert f"duotone-runtime: {logged}\n" in out.stdout, out.stderr
 
 
 def test_repository_layout(tmp_path: Path) -> None:
