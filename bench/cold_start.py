@@ -8,6 +8,9 @@ through the router with the OpenAI SDK and times it. The baseline in the same ru
 request to the awake tier right after each wake-up (the ratio is cold / warm).
 
     .venv/bin/python bench/cold_start.py [--wakes 5] [--cluster-dir .cluster]
+
+The node has 2 cores: remove other deployments first (after `make demo`: `kubectl delete
+namespace demo`), or the router pod cannot be scheduled.
 """
 
 from __future__ import annotations

@@ -263,7 +263,10 @@ def run_cluster(args: argparse.Namespace, manifest: dict[str, Any]) -> int:
     outcomes = asyncio.run(drive(url, args.requests, args.concurrency))
     print(table(outcomes))
 
-    print(f"==> load phase: {args.load_concurrency} clients on the efficient tier")
+    print(
+        f"==> load phase: {args.load_concurrency} clients on the efficient tier until it runs 2 "
+        "pods the router routes to (the mix may already have made the autoscaler start one)"
+    )
     load_started = time.monotonic()
     loaded = asyncio.run(load_phase(cluster, namespace, name, url, args))
     print(table(loaded))

@@ -151,8 +151,13 @@ build_one() { # name dockerfile folders args
   [[ -z "$args" ]] || flags+=(--build-arg "$args")
   log "${name}: building ${dockerfile} (${key})"
   start=$(date +%s)
-  (cd "$REPO_ROOT" && bah bud --quiet --layers --isolation chroot --pull-never --network host \
-    "${MOUNTS[@]}" "${flags[@]}" --label "${KEY_LABEL}=${key}" -f "$dockerfile" -t "$name" .) >/dev/null
+  local build_log="${CACHE}/build.log"
+  if ! (cd "$REPO_ROOT" && bah bud --quiet --layers --isolation chroot --pull-never --network host \
+    "${MOUNTS[@]}" "${flags[@]}" --label "${KEY_LABEL}=${key}" -f "$dockerfile" -t "$name" .) \
+    >"$build_log" 2>&1; then
+    tail -n 40 "$build_log" >&2
+    die "${name}: the build failed (full log: ${build_log})"
+  fi
   log "${name}: built in $(fmt_duration $(( $(date +%s) - start )))"
 }
 

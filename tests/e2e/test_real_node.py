@@ -64,7 +64,7 @@ def test_rolling_update_under_steady_load_fails_no_request(
     manifest = small_imd("rolling")
     url = deploy(real_cluster, real_namespace, manifest)
     before = {p["metadata"]["name"] for p in tier_pods(real_cluster, real_namespace, "rolling")}
-    with SteadyLoad(url, clients=4, arguments=EFFICIENT_REQUEST) as load:
+    with SteadyLoad(url, clients=6, arguments=EFFICIENT_REQUEST) as load:
         wait_answered(load, 20)
         manifest["spec"]["tiers"]["efficient"]["defaults"]["steps"] = 3  # a new tier document
         real_cluster.apply(manifest, real_namespace)

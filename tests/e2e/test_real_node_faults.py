@@ -96,7 +96,7 @@ def test_sigkilled_runtime_container_under_load(settled: Deployment) -> None:
     name = pod["metadata"]["name"]
     restarts = pod["status"]["containerStatuses"][0].get("restartCount", 0)
     container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    with SteadyLoad(settled.url, clients=3, arguments=EFFICIENT_REQUEST) as load:
+    with SteadyLoad(settled.url, clients=4, arguments=EFFICIENT_REQUEST) as load:
         wait_answered(load, 20)
         killed_at = time.monotonic()
         cluster.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
