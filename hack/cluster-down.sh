@@ -10,17 +10,28 @@ STATE_DIR="${CLUSTER_DIR}/kwok/clusters/${CLUSTER_NAME}"
 
 log() { echo "[cluster-down] $*" >&2; }
 
-# The real node first: its kubelet and pods talk to the API server. Then check that nothing of
-# it is left on the host (processes, mounts, bridge, iptables chains, cgroups, sysctls).
+# The real node first (its kubelet and pods talk to the API server); its guard last, once the
+# API server no longer listens; then check that nothing of the node is left on the host
+# (processes, mounts, bridge, iptables chains, cgroups, kernel settings, host paths). A failure
+# does not stop the rest of the clean-up: the script exits with it at the end.
+status=0
+REAL_NODE=false
 if [[ -d "${CLUSTER_DIR}/node" ]]; then
-  "${REPO_ROOT}/hack/real-node.sh" down "$CLUSTER_DIR"
-  "${REPO_ROOT}/hack/real-node.sh" check --node
+  REAL_NODE=true
+  "${REPO_ROOT}/hack/real-node.sh" down "$CLUSTER_DIR" || status=$?
 fi
+finish() {
+  if $REAL_NODE; then
+    "${REPO_ROOT}/hack/real-node.sh" unguard || status=$?
+    "${REPO_ROOT}/hack/real-node.sh" check --node || status=$?
+  fi
+  exit "$status"
+}
 
 if [[ ! -d "$STATE_DIR" ]]; then
   log "no cluster '${CLUSTER_NAME}' in ${CLUSTER_DIR}; nothing to do"
   rm -f "${CLUSTER_DIR}/kubeconfig" "${CLUSTER_DIR}/binaries.env"
-  exit 0
+  finish
 fi
 
 kwokctl_bin=""
@@ -53,3 +64,4 @@ rm -rf "$STATE_DIR" "${CLUSTER_DIR}/kubeconfig" "${CLUSTER_DIR}/binaries.env" "$
   "${CLUSTER_DIR}/kwokctl-real-node.yaml"
 rmdir "${CLUSTER_DIR}/kwok/clusters" "${CLUSTER_DIR}/kwok" 2>/dev/null || true
 log "done"
+finish

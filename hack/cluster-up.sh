@@ -74,12 +74,15 @@ if cluster_exists && [[ "$(cat "$MODE_FILE" 2>/dev/null || echo kwok)" != "$mode
   "${REPO_ROOT}/hack/cluster-down.sh"
 fi
 
+# A fixed port, so hack/real-node.sh's guard can close it before the API server listens.
+REAL_NODE_API_PORT=26443
+
 # The real node's kwokctl settings: the API server also listens on the node's bridge address
 # (pods reach it through the `kubernetes` Service; DUOTONE-GUARD keeps it off other interfaces),
 # talks to the kubelet with the admin client certificate, and kwok manages only the fake nodes.
 real_node_config() {
   local pki="${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/pki"
-  sed 's/^  quietPull: true$/  quietPull: true\n  kubeApiserverCertSANs: [10.213.0.1, 10.96.0.1]/' \
+  sed "s/^  quietPull: true$/  quietPull: true\n  kubeApiserverPort: ${REAL_NODE_API_PORT}\n  kubeApiserverCertSANs: [10.213.0.1, 10.96.0.1]/" \
     "${REPO_ROOT}/hack/kwok/kwokctl.yaml"
   cat <<EOF
   - name: kube-apiserver
@@ -101,7 +104,8 @@ if cluster_exists; then
     log "cluster '${CLUSTER_NAME}' is already running"
   else
     log "cluster '${CLUSTER_NAME}' exists but does not answer; deleting it and starting again"
-    kwokctl delete cluster >&2 || true
+    # cluster-down also stops a real node, whose credentials belong to the old cluster.
+    "${REPO_ROOT}/hack/cluster-down.sh" || true
     rm -rf "${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}" "$KUBECONFIG_PATH"
   fi
 fi
@@ -113,6 +117,8 @@ if ! cluster_exists; then
   if $REAL_NODE; then
     config="${CLUSTER_DIR}/kwokctl-real-node.yaml"
     real_node_config >"$config"
+    # The API server will listen beyond loopback: the guard goes in before it starts.
+    "${REPO_ROOT}/hack/real-node.sh" guard "$CLUSTER_DIR" "$REAL_NODE_API_PORT"
   fi
   echo "$mode" >"$MODE_FILE"
   if ! kwokctl --config "$config" create cluster \

@@ -96,7 +96,7 @@ image_key() { # dockerfile folders args
     cat "${REPO_ROOT}/${dockerfile}" "${REPO_ROOT}/.dockerignore"
     # shellcheck disable=SC2086
     (cd "$REPO_ROOT" && git ls-files -co --exclude-standard -- $folders | LC_ALL=C sort \
-      | while read -r f; do [[ -f "$f" ]] && echo "$f" && sha256sum <"$f"; done)
+      | while read -r f; do if [[ -f "$f" ]]; then echo "$f"; sha256sum <"$f"; fi; done)
   } | sha256sum | cut -c1-16
 }
 

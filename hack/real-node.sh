@@ -2,23 +2,32 @@
 # The test bed's real node: one kubelet backed by containerd + runc + CNI on this machine, joined
 # to the local control plane of hack/cluster-up.sh (which calls this script with --real-node).
 #
-# Usage: hack/real-node.sh up CLUSTER_DIR      start it (idempotent), load the images
-#        hack/real-node.sh down CLUSTER_DIR    stop it and undo every change it made to the host
+# Usage: hack/real-node.sh guard CLUSTER_DIR PORT  install the guard chains (cluster-up calls it
+#                                              before the API server starts listening)
+#        hack/real-node.sh unguard             remove them (after the API server has stopped)
+#        hack/real-node.sh up CLUSTER_DIR      start the node (idempotent), load the images
+#        hack/real-node.sh down CLUSTER_DIR    stop it and undo what it changed on the host
 #        hack/real-node.sh check [--node]      exit 1, naming each leftover, if any test-bed state
 #                                              (process of the node or the control plane, mount,
-#                                              bridge, iptables chain, cgroup, sysctl) is still
-#                                              on the host (--node: the node's state only)
+#                                              bridge, iptables chain, cgroup, kernel setting,
+#                                              host path) is still on the host (--node: the
+#                                              node's state only)
 #
-# What it changes on the host, all undone by `down`:
+# What it changes on the host, all undone by `down` and `unguard`:
 #   - a bridge duotone0 with 10.213.0.1/24, the pod network (CNI bridge + host-local + portmap);
 #     pods get addresses in it that exist only on this machine;
-#   - net.ipv4.ip_forward=1 (Service traffic between pods is forwarded through the host);
-#   - iptables: kube-proxy's KUBE-* chains and the chain DUOTONE-GUARD, which drops anything
-#     for the pod network, the API server or the kubelet that does not come from loopback or
-#     the bridge, so nothing of the test bed is reachable from outside this machine;
-#   - processes (containerd, kubelet, kube-proxy, the pods' shims), their mounts and the
-#     kubepods cgroups. State lives in CLUSTER_DIR/node and /run/duotone-node; containerd's
-#     image store is kept in the cache (~/.cache/duotone/containerd) so images load once.
+#   - kernel settings: net.ipv4.ip_forward=1 (Service traffic between pods is forwarded through
+#     the host) and the six the kubelet sets at start; all saved first, restored by `down`;
+#   - iptables and ip6tables: kube-proxy's and the kubelet's KUBE-* chains; DUOTONE-GUARD in the
+#     raw table's PREROUTING, which drops anything for the pod network, the Service range, the
+#     API server or the kubelet that does not arrive on loopback or the bridge, so nothing of
+#     the test bed is reachable from outside this machine; DUOTONE-EGRESS in FORWARD, which keeps
+#     pods' traffic on this machine;
+#   - processes (containerd, kubelet, kube-proxy, the pods' shims), their mounts, the kubepods
+#     cgroups, and host paths the kubelet and containerd create outside their folders (removed
+#     when they did not exist before). State lives in CLUSTER_DIR/node and /run/duotone-node*;
+#     containerd's image store is kept in the cache (~/.cache/duotone/containerd) so images
+#     load once.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,10 +40,32 @@ RUN_DIR=/run/duotone-node
 SOCKET="${RUN_DIR}/containerd/containerd.sock"
 CONTAINERD_ROOT="${DUOTONE_CONTAINERD_ROOT:-${CACHE_ROOT}/containerd}"
 GUARD=DUOTONE-GUARD
+EGRESS=DUOTONE-EGRESS
+SERVICE_CIDR=10.96.0.0/16
+# Kernel settings the node changes: ip_forward (here), the kubelet's defaults (it sets them at
+# start), saved before and restored by `down`.
+SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+# Host paths the kubelet, containerd and its shims create outside their configured folders;
+# those that did not exist before `up` are removed by `down` (the list of them is kept).
+HOST_PATHS=(/run/containerd /opt/containerd /var/run/nri /var/log/pods /var/log/containers
+  /var/lib/cni /var/lib/kubelet)
+CREATED_FILE="${RUN_DIR}.created"
 SYSCTL_FILE="${RUN_DIR}.sysctl"
+OWNER_FILE="${RUN_DIR}.owner"
 
 log() { echo "[real-node] $*" >&2; }
 die() { echo "[real-node] ERROR: $*" >&2; exit 1; }
+
+# One real node per machine (bridge, addresses, ports): the cluster folder that owns it.
+claim() { # cluster_dir
+  local owner
+  owner=$(cat "$OWNER_FILE" 2>/dev/null || true)
+  if [[ -n "$owner" && "$owner" != "$1" && -d "${owner}/node" ]]; then
+    die "another real node runs on this machine (cluster folder ${owner}); one at a time: stop it with DUOTONE_CLUSTER_DIR=${owner} hack/cluster-down.sh"
+  fi
+  echo "$1" >"$OWNER_FILE"
+}
 
 need_root() { [[ $(id -u) -eq 0 ]] || die "the real node needs root (kubelet, containerd, network)"; }
 
@@ -45,9 +76,11 @@ start_daemon() { # name logfile command...
   echo $! >"${NODE_DIR}/pids/${name}.pid"
 }
 
-running() { # name
-  local pidfile="${NODE_DIR}/pids/$1.pid"
-  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+running() { # name: its pid file names a live process running that program (not a reused pid)
+  local pidfile="${NODE_DIR}/pids/$1.pid" pid
+  [[ -f "$pidfile" ]] || return 1
+  pid=$(cat "$pidfile")
+  [[ "$(readlink "/proc/${pid}/exe" 2>/dev/null)" == */"$1" ]]
 }
 
 wait_until() { # seconds description command...
@@ -93,6 +126,46 @@ EOF
   echo "$file"
 }
 
+# DUOTONE-GUARD, in the raw table's PREROUTING (before kube-proxy's DNAT and its FORWARD
+# accept), IPv4 and IPv6: what arrives on another interface than loopback or the bridge, for the
+# pod network, the Service range, the API server's port or the kubelet's, is dropped.
+# DUOTONE-EGRESS, in FORWARD: pods reach each other, Services and this host, nothing beyond it.
+# Rebuilt on every call (idempotent). cluster-up calls it before the API server listens.
+guard_up() { # api_port
+  local api_port=$1 tool
+  for tool in iptables ip6tables; do
+    "$tool" -w -t raw -n -L "$GUARD" >/dev/null 2>&1 || "$tool" -w -t raw -N "$GUARD"
+    "$tool" -w -t raw -F "$GUARD"
+    "$tool" -w -t raw -A "$GUARD" -i lo -j RETURN
+    "$tool" -w -t raw -A "$GUARD" -i "$BRIDGE" -j RETURN
+    "$tool" -w -t raw -A "$GUARD" -p tcp --dport "$api_port" -j DROP
+    "$tool" -w -t raw -A "$GUARD" -p tcp --dport 10250 -j DROP
+    "$tool" -w -t raw -C PREROUTING -j "$GUARD" 2>/dev/null ||
+      "$tool" -w -t raw -I PREROUTING 1 -j "$GUARD"
+  done
+  iptables -w -t raw -I "$GUARD" 3 -d "$SUBNET" -j DROP
+  iptables -w -t raw -I "$GUARD" 3 -d "$SERVICE_CIDR" -j DROP
+  iptables -w -n -L "$EGRESS" >/dev/null 2>&1 || iptables -w -N "$EGRESS"
+  iptables -w -F "$EGRESS"
+  iptables -w -A "$EGRESS" -i "$BRIDGE" -o "$BRIDGE" -j RETURN
+  iptables -w -A "$EGRESS" -i "$BRIDGE" -j DROP
+  iptables -w -C FORWARD -j "$EGRESS" 2>/dev/null || iptables -w -I FORWARD 1 -j "$EGRESS"
+}
+
+guard_down() {
+  local tool
+  for tool in iptables ip6tables; do
+    if "$tool" -w -t raw -n -L "$GUARD" >/dev/null 2>&1; then
+      "$tool" -w -t raw -D PREROUTING -j "$GUARD" 2>/dev/null || true
+      "$tool" -w -t raw -F "$GUARD" && "$tool" -w -t raw -X "$GUARD"
+    fi
+  done
+  if iptables -w -n -L "$EGRESS" >/dev/null 2>&1; then
+    iptables -w -D FORWARD -j "$EGRESS" 2>/dev/null || true
+    iptables -w -F "$EGRESS" && iptables -w -X "$EGRESS"
+  fi
+}
+
 network_up() {
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     log "bridge ${BRIDGE} ${GATEWAY}/24"
@@ -100,20 +173,19 @@ network_up() {
     ip addr add "${GATEWAY}/24" dev "$BRIDGE"
   fi
   ip link set "$BRIDGE" up
+  local key path
   if [[ ! -f "$SYSCTL_FILE" ]]; then
-    sysctl -n net.ipv4.ip_forward >"$SYSCTL_FILE"
+    for key in "${SYSCTLS[@]}"; do
+      echo "${key}=$(sysctl -n "$key")"
+    done >"$SYSCTL_FILE"
+  fi
+  if [[ ! -f "$CREATED_FILE" ]]; then
+    for path in "${HOST_PATHS[@]}"; do
+      [[ -e "$path" ]] || echo "$path"
+    done >"$CREATED_FILE"
   fi
   sysctl -qw net.ipv4.ip_forward=1
-  if ! iptables -w -n -L "$GUARD" >/dev/null 2>&1; then
-    iptables -w -N "$GUARD"
-    iptables -w -A "$GUARD" -i lo -j RETURN
-    iptables -w -A "$GUARD" -i "$BRIDGE" -j RETURN
-    iptables -w -A "$GUARD" -d "$SUBNET" -j DROP
-    iptables -w -A "$GUARD" -p tcp --dport "$API_PORT" -j DROP
-    iptables -w -A "$GUARD" -p tcp --dport 10250 -j DROP
-    iptables -w -I INPUT 1 -j "$GUARD"
-    iptables -w -I FORWARD 1 -j "$GUARD"
-  fi
+  guard_up "$API_PORT"
 }
 
 write_configs() {
@@ -199,9 +271,7 @@ up() {
   CNI_BIN_DIR=/usr/lib/cni
   [[ -x "${CNI_BIN_DIR}/bridge" ]] || die "CNI plugins missing in ${CNI_BIN_DIR} (hack/install-tools.sh --node)"
   command -v runc >/dev/null || die "runc missing (hack/install-tools.sh --node)"
-  if ! running containerd && [[ -S "$SOCKET" ]] && ! [[ -d "${NODE_DIR}/pids" ]]; then
-    die "another real node is running on this machine (${SOCKET}); one at a time: stop it with its hack/cluster-down.sh"
-  fi
+  claim "$cluster_dir"
 
   write_configs
   # What tools outside this script need to know of the node (testbed/duotone_testbed/cluster.py).
@@ -238,7 +308,8 @@ up() {
       --hostname-override "$NODE_NAME" --cluster-cidr "$SUBNET" --masquerade-all \
       --nodeport-addresses "${GATEWAY}/32" --bind-address 127.0.0.1 \
       --metrics-bind-address 127.0.0.1:10249 --healthz-bind-address 127.0.0.1:10256 \
-      --conntrack-max-per-core 0 -v 1
+      --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
+      --conntrack-tcp-timeout-close-wait 0 -v 1
   fi
   wait_until 60 "kube-proxy's Service rules (log: ${NODE_DIR}/logs/kube-proxy.log)" \
     iptables -w -t nat -n -L KUBE-SERVICES
@@ -275,12 +346,12 @@ kubepods_cgroups() {
 CHAINS='KUBE-[A-Z0-9-]*\|CNI-[A-Za-z0-9-]*'
 
 test_bed_chains() { # tool table
-  "$1" -w -t "$2" -S 2>/dev/null | sed -n "s/^-N \(${CHAINS}\|${GUARD}\)$/\1/p" || true
+  "$1" -w -t "$2" -S 2>/dev/null | sed -n "s/^-N \(${CHAINS}\|${GUARD}\|${EGRESS}\)$/\1/p" || true
 }
 
 remove_chains() { # tool table: every rule that jumps to a test-bed chain, then the chains
   local tool=$1 table=$2 chains rule c
-  chains=$(test_bed_chains "$tool" "$table" | grep -v "^${GUARD}$" | xargs) || true
+  chains=$(test_bed_chains "$tool" "$table" | grep -v -e "^${GUARD}$" -e "^${EGRESS}$" | xargs) || true
   [[ -n "$chains" ]] || return 0
   while read -r rule; do
     [[ -n "$rule" ]] || continue
@@ -292,8 +363,14 @@ remove_chains() { # tool table: every rule that jumps to a test-bed chain, then 
 
 down() {
   need_root
-  local cluster_dir=$1 pid i m c
+  local cluster_dir=$1 pid i m c owner
   NODE_DIR="${cluster_dir}/node"
+  owner=$(cat "$OWNER_FILE" 2>/dev/null || true)
+  if [[ -n "$owner" && "$owner" != "$cluster_dir" && -d "${owner}/node" ]]; then
+    log "the real node on this machine belongs to ${owner}; leaving it alone"
+    rm -rf "$NODE_DIR"
+    return 0
+  fi
   # kubelet first (it would restart pods), then containers, then the rest.
   for name in kubelet kube-proxy; do
     if running "$name"; then
@@ -332,19 +409,21 @@ down() {
       remove_chains "$tool" "$table"
     done
   done
-  if iptables -w -n -L "$GUARD" >/dev/null 2>&1; then
-    iptables -w -D INPUT -j "$GUARD" 2>/dev/null || true
-    iptables -w -D FORWARD -j "$GUARD" 2>/dev/null || true
-    iptables -w -F "$GUARD" && iptables -w -X "$GUARD"
-  fi
+  # DUOTONE-GUARD stays until cluster-down has stopped the API server (`unguard`).
   ip link del "$BRIDGE" 2>/dev/null || true
   if [[ -f "$SYSCTL_FILE" ]]; then
-    sysctl -qw "net.ipv4.ip_forward=$(cat "$SYSCTL_FILE")"
+    while read -r line; do
+      [[ -n "$line" ]] && sysctl -qw "$line" 2>/dev/null || log "could not restore ${line}"
+    done <"$SYSCTL_FILE"
     rm -f "$SYSCTL_FILE"
   fi
-  rm -rf "$RUN_DIR" "${NODE_DIR}"
-  # The kubelet creates these outside its root dir whatever --root-dir says.
-  rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet/pod-resources /var/lib/kubelet 2>/dev/null || true
+  if [[ -f "$CREATED_FILE" ]]; then
+    while read -r path; do
+      [[ -n "$path" ]] && rm -rf --one-file-system "$path"
+    done <"$CREATED_FILE"
+    rm -f "$CREATED_FILE"
+  fi
+  rm -rf "$RUN_DIR" "${NODE_DIR}" "$OWNER_FILE"
   log "node stopped; host state removed"
 }
 
@@ -370,12 +449,14 @@ check() { # [--node]: the node's state only (another control plane may be runnin
   ip link show "$BRIDGE" >/dev/null 2>&1 && leftovers+=("bridge ${BRIDGE}")
   local chains
   chains=$(for tool in iptables ip6tables; do
-    for t in filter nat mangle; do test_bed_chains "$tool" "$t"; done
+    for t in filter nat mangle raw; do test_bed_chains "$tool" "$t"; done
   done | xargs)
   [[ -z "$chains" ]] || leftovers+=("iptables chains: ${chains}")
   [[ -z "$(kubepods_cgroups)" ]] || leftovers+=("cgroups: $(kubepods_cgroups | xargs)")
   [[ -e "$RUN_DIR" ]] && leftovers+=("state: ${RUN_DIR}")
-  [[ -f "$SYSCTL_FILE" ]] && leftovers+=("sysctl net.ipv4.ip_forward not restored")
+  [[ -f "$SYSCTL_FILE" ]] && leftovers+=("kernel settings not restored (${SYSCTL_FILE})")
+  [[ -f "$CREATED_FILE" ]] && leftovers+=("host paths not removed ($(xargs <"$CREATED_FILE"))")
+  [[ -f "$OWNER_FILE" ]] && leftovers+=("state: ${OWNER_FILE}")
   if [[ ${#leftovers[@]} -gt 0 ]]; then
     printf '[real-node] left behind: %s\n' "${leftovers[@]}" >&2
     return 1
@@ -385,6 +466,16 @@ check() { # [--node]: the node's state only (another control plane may be runnin
 
 case "${1:-}" in
   up) [[ -n "${2:-}" ]] || die "usage: $0 up CLUSTER_DIR"; up "$(cd "$2" && pwd)" ;;
+  guard)
+    [[ -n "${3:-}" ]] || die "usage: $0 guard CLUSTER_DIR API_PORT"
+    need_root
+    # The node folder marks the host as changed, so cluster-down undoes it even if the cluster
+    # never starts.
+    claim "$(cd "$2" && pwd)"
+    mkdir -p "$2/node"
+    guard_up "$3"
+    ;;
+  unguard) need_root; guard_down ;;
   down) [[ -n "${2:-}" ]] || die "usage: $0 down CLUSTER_DIR"; down "$(cd "$2" && pwd)" ;;
   check) check "${2:-}" ;;
   *) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from duotone_operator.render import names
 from duotone_testbed.cluster import RealCluster, poll
 from tests.support.load import SteadyLoad, failures
 from tests.support.real_node import (
@@ -42,8 +43,9 @@ def test_a_pod_enters_the_pool_only_once_its_model_is_loaded(
     seen_loading = False
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        pod = real_cluster.get("pod", pod["metadata"]["name"], "-n", real_namespace)
+        # The EndpointSlice first: a pod not Ready after it was read was not Ready before.
         endpoints = real_cluster.ready_endpoints(real_namespace, "ready", "efficient")
+        pod = real_cluster.get("pod", pod["metadata"]["name"], "-n", real_namespace)
         if is_ready(pod):
             break
         assert ip not in endpoints, "a pod that is not Ready is in the router's pool"
@@ -70,10 +72,17 @@ def test_rolling_update_under_steady_load_fails_no_request(
         real_cluster.apply(manifest, real_namespace)
 
         def rolled() -> bool:
-            pods = tier_pods(real_cluster, real_namespace, "rolling")
-            return bool(pods) and all(
-                p["metadata"]["name"] not in before and is_ready(p) for p in pods
+            deployment = real_cluster.get(
+                "deployment", names.tier_name("rolling", "efficient"), "-n", real_namespace
             )
+            status = deployment.get("status", {})
+            done = status.get("observedGeneration") == deployment["metadata"][
+                "generation"
+            ] and status.get("updatedReplicas") == status.get("replicas") == status.get(
+                "readyReplicas"
+            )
+            pods = tier_pods(real_cluster, real_namespace, "rolling")
+            return bool(done and pods) and all(p["metadata"]["name"] not in before for p in pods)
 
         poll(rolled, timeout_s=READY_TIMEOUT_S, what="the rollout", every_s=1)
         wait_answered(load, 400, timeout_s=300)

@@ -10,10 +10,12 @@ Load is a few client threads of the official OpenAI SDK sending one request afte
 from __future__ import annotations
 
 import time
+import urllib.request
 from dataclasses import dataclass
 
 import pytest
 
+from duotone_contracts.metrics import RECONCILES
 from duotone_operator.render import names
 from duotone_testbed.cluster import OPERATOR_NAMESPACE, CommandError, RealCluster, poll
 from tests.support.load import SteadyLoad, failures
@@ -153,14 +155,31 @@ def test_operator_pod_deleted_while_traffic_flows(settled: Deployment) -> None:
             what="the new operator pod Ready",
             every_s=1,
         )
-        # The new operator's first reconcile of this IMD reports it Ready again.
+        # Evidence that the new operator has reconciled: its own count of successful reconciles.
         poll(
-            lambda: cluster.imd_condition(namespace, IMD) == "True",
-            timeout_s=60,
-            what=f"imd/{IMD} Ready after the restart",
+            lambda: _successful_reconciles(cluster) >= 1,
+            timeout_s=120,
+            what="a successful reconcile by the new operator",
+            every_s=1,
         )
+        assert cluster.imd_condition(namespace, IMD) == "True"
         wait_answered(load, load.count() + 40)
         sent = load.stop()
     assert failures(sent) == [], failures(sent)[:5]
     assert generations() == before, "the restarted operator changed a healthy child's spec"
     assert pod_uids() == pods_before, "the restarted operator replaced pods"
+
+
+def _successful_reconciles(cluster: RealCluster) -> float:
+    """duotone_operator_reconciles_total{result="success"} of the operator pod (its metrics port,
+    reached on the pod's address from this machine)."""
+    pods = [p for p in cluster.operator_pods() if is_ready(p)]
+    if not pods:
+        return 0
+    url = f"http://{pods[0]['status']['podIP']}:9090/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(RECONCILES.name) and 'result="success"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0
