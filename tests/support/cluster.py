@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from duotone_testbed.cluster import poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HACK_DIR = REPO_ROOT / "hack"
@@ -67,15 +68,9 @@ def wait_for(
     what: str,
     interval_s: float = 0.25,
 ) -> T:
-    """Poll ``probe`` until it returns a value that is not None/False, or fail after a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
+    """Poll ``probe`` until it returns a value that is not None/False, or fail after a deadline
+    (the test bed's ``poll``, with this module's default interval)."""
+    return poll(probe, timeout_s=timeout_s, what=what, every_s=interval_s)
 
 
 @dataclass(frozen=True)
