@@ -3,7 +3,8 @@
 #
 # Usage: hack/build-binaries.sh [--node] [--check]
 #   --node    also the real node's binaries: kubelet, kube-proxy (same Kubernetes version) and
-#             containerd, its runc shim and ctr (CONTAINERD_VERSION), in their own cache folder.
+#             containerd, its runc shim and ctr (CONTAINERD_VERSION), in their own cache folder,
+#             and the NetworkPolicy enforcer kube-router (KUBE_ROUTER_VERSION) in another.
 #   --check   build nothing; exit 1 with a message if a binary is missing.
 #
 # stdout: one KEY=VALUE line per binary (DUOTONE_KUBE_APISERVER=/abs/path, ...), so callers can
@@ -13,11 +14,12 @@
 #   1. an explicit override: DUOTONE_KUBE_APISERVER, DUOTONE_KUBE_CONTROLLER_MANAGER,
 #      DUOTONE_KUBE_SCHEDULER, DUOTONE_KUBECTL, DUOTONE_ETCD, DUOTONE_KWOK, DUOTONE_KWOKCTL,
 #      DUOTONE_KUBELET, DUOTONE_KUBE_PROXY, DUOTONE_CONTAINERD, DUOTONE_CONTAINERD_SHIM_RUNC_V2,
-#      DUOTONE_CTR;
+#      DUOTONE_CTR, DUOTONE_KUBE_ROUTER;
 #   2. "$KUBEBUILDER_ASSETS/<name>" (envtest assets hold kube-apiserver, etcd and kubectl);
 #   3. the cache "${DUOTONE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/duotone/bin}/k8s-<v>_etcd-<v>_kwok-<v>/"
-#      (the node's binaries: ".../node-k8s-<v>_containerd-<v>/");
-#   4. otherwise the group it belongs to (kubernetes, etcd, kwok, node) is built into the cache.
+#      (the node's binaries: ".../node-k8s-<v>_containerd-<v>/", kube-router: ".../kube-router-<v>/");
+#   4. otherwise the group it belongs to (kubernetes, etcd, kwok, node, kube-router) is built
+#      into the cache.
 # kubectl alone may also come from PATH when the kubernetes group needs no build.
 set -euo pipefail
 
@@ -40,15 +42,18 @@ done
 CACHE_ROOT="${DUOTONE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/duotone/bin}"
 BIN_DIR="${CACHE_ROOT}/k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 NODE_BIN_DIR="${CACHE_ROOT}/node-k8s-${KUBE_VERSION}_containerd-${CONTAINERD_VERSION}"
+# A folder of its own, so a new enforcer version does not rebuild kubelet and containerd.
+NETPOL_BIN_DIR="${CACHE_ROOT}/kube-router-${KUBE_ROUTER_VERSION}"
 
 KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 ETCD_BINARIES=(etcd)
 KWOK_BINARIES=(kwok kwokctl)
 NODE_KUBE_BINARIES=(kubelet kube-proxy)
 NODE_CONTAINERD_BINARIES=(containerd containerd-shim-runc-v2 ctr)
+NODE_NETPOL_BINARIES=(kube-router)
 ALL_BINARIES=("${KUBE_BINARIES[@]}" "${ETCD_BINARIES[@]}" "${KWOK_BINARIES[@]}")
 if $WITH_NODE; then
-  ALL_BINARIES+=("${NODE_KUBE_BINARIES[@]}" "${NODE_CONTAINERD_BINARIES[@]}")
+  ALL_BINARIES+=("${NODE_KUBE_BINARIES[@]}" "${NODE_CONTAINERD_BINARIES[@]}" "${NODE_NETPOL_BINARIES[@]}")
 fi
 
 log() { echo "[build-binaries] $*" >&2; }
@@ -63,6 +68,7 @@ is_node_binary() { [[ " ${NODE_KUBE_BINARIES[*]} ${NODE_CONTAINERD_BINARIES[*]} 
 resolve() {
   local name=$1 var path dir=$BIN_DIR
   is_node_binary "$name" && dir=$NODE_BIN_DIR
+  [[ " ${NODE_NETPOL_BINARIES[*]} " == *" $name "* ]] && dir=$NETPOL_BIN_DIR
   var=$(override_var "$name")
   if [[ -n "${!var:-}" ]]; then
     echo "${!var}"; return
@@ -187,6 +193,18 @@ build_containerd() {
       "${m}/containerd@${v}" "${m}/containerd-shim-runc-v2@${v}" "${m}/ctr@${v}"
 }
 
+# kube-router from its Go module (no replace directives: a plain go install works). Only its
+# network-policy controller runs on the node (hack/real-node.sh).
+build_kube_router() {
+  local work=$1 out=$2 v="v${KUBE_ROUTER_VERSION}" m="github.com/cloudnativelabs/kube-router/v2"
+  log "kube-router ${v}: compiling"
+  mkdir -p "$work"
+  run_with_progress "compile kube-router" "$work/kube-router-build.log" \
+    env GOBIN="$out" CGO_ENABLED=0 go install -v -trimpath \
+      -ldflags "-s -w -X ${m}/pkg/version.Version=${v} -X ${m}/pkg/version.BuildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+      "${m}/cmd/kube-router@${v}"
+}
+
 build_etcd() {
   local work=$1 out=$2 v="v${ETCD_VERSION}" upstream
   log "etcd ${v}: preparing wrapper module"
@@ -215,10 +233,11 @@ compute_missing() {
   missing_kube=$(group_missing kube-apiserver kube-controller-manager kube-scheduler)
   missing_etcd=$(group_missing "${ETCD_BINARIES[@]}")
   missing_kwok=$(group_missing "${KWOK_BINARIES[@]}")
-  missing_node_kube="" missing_containerd=""
+  missing_node_kube="" missing_containerd="" missing_netpol=""
   if $WITH_NODE; then
     missing_node_kube=$(group_missing "${NODE_KUBE_BINARIES[@]}")
     missing_containerd=$(group_missing "${NODE_CONTAINERD_BINARIES[@]}")
+    missing_netpol=$(group_missing "${NODE_NETPOL_BINARIES[@]}")
   fi
   # kubectl is built with the other kubernetes binaries, or taken from PATH when no build is needed.
   if [[ -z "$missing_kube" && -z "$(resolve kubectl)" ]] && ! command -v kubectl >/dev/null; then
@@ -227,7 +246,8 @@ compute_missing() {
 }
 
 main() {
-  local missing_kube missing_etcd missing_kwok missing_node_kube missing_containerd name path var
+  local missing_kube missing_etcd missing_kwok missing_node_kube missing_containerd missing_netpol
+  local name path var
   # Checked here, not in resolve(): a die inside $(resolve ...) would only leave the subshell.
   for name in "${ALL_BINARIES[@]}"; do
     var=$(override_var "$name")
@@ -237,7 +257,7 @@ main() {
   done
   compute_missing
 
-  if [[ -n "$missing_kube$missing_etcd$missing_kwok$missing_node_kube$missing_containerd" ]] && ! $CHECK_ONLY && command -v flock >/dev/null; then
+  if [[ -n "$missing_kube$missing_etcd$missing_kwok$missing_node_kube$missing_containerd$missing_netpol" ]] && ! $CHECK_ONLY && command -v flock >/dev/null; then
     # One build at a time per cache; whoever waited re-checks what the other one built.
     mkdir -p "$CACHE_ROOT"
     exec 9>"${CACHE_ROOT}/.build.lock"
@@ -245,9 +265,9 @@ main() {
     compute_missing
   fi
 
-  if [[ -n "$missing_kube$missing_etcd$missing_kwok$missing_node_kube$missing_containerd" ]]; then
+  if [[ -n "$missing_kube$missing_etcd$missing_kwok$missing_node_kube$missing_containerd$missing_netpol" ]]; then
     if $CHECK_ONLY; then
-      die "missing test-bed binaries: $(printf '%s\n' "$missing_kube" "$missing_etcd" "$missing_kwok" "$missing_node_kube" "$missing_containerd" | xargs).
+      die "missing test-bed binaries: $(printf '%s\n' "$missing_kube" "$missing_etcd" "$missing_kwok" "$missing_node_kube" "$missing_containerd" "$missing_netpol" | xargs).
 Run hack/build-binaries.sh (or 'make binaries') to build them into ${BIN_DIR}
 (several minutes the first time), or point KUBEBUILDER_ASSETS / DUOTONE_<BINARY> at existing ones."
     fi
@@ -277,6 +297,11 @@ Run hack/build-binaries.sh (or 'make binaries') to build them into ${BIN_DIR}
       for path in "$work"/node-out/*; do
         mv -f "$path" "${NODE_BIN_DIR}/$(basename "$path")"
       done
+    fi
+    if [[ -n "$missing_netpol" ]]; then
+      mkdir -p "$NETPOL_BIN_DIR" "$work/netpol-out"
+      build_kube_router "$work/kube-router" "$work/netpol-out"
+      mv -f "$work/netpol-out/kube-router" "${NETPOL_BIN_DIR}/kube-router"
     fi
     log "all builds done in $(fmt_duration $(( $(date +%s) - total_start )))"
   else

@@ -187,9 +187,9 @@ def run_local(args: argparse.Namespace, manifest: dict[str, Any]) -> int:
     return report(outcomes, args.out)
 
 
-def router_backends(url: str, tier: str) -> int:
+def router_backends(metrics_url: str, tier: str) -> int:
     """The router's own count of ready pods in its pool for `tier` (its metrics endpoint)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310 - test bed
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - test bed
         text = response.read().decode()
     for line in text.splitlines():
         if line.startswith(ROUTER_BACKENDS.name) and f'tier="{tier}"' in line:
@@ -226,7 +226,9 @@ async def load_phase(
     try:
         while time.monotonic() - started < args.load_timeout:
             _, ready = await asyncio.to_thread(cluster.replicas, namespace, name, "efficient")
-            pool = await asyncio.to_thread(router_backends, url, "efficient")
+            pool = await asyncio.to_thread(
+                router_backends, cluster.router_metrics_url(namespace, name), "efficient"
+            )
             if ready >= target and pool >= target:
                 print(
                     f"    {time.monotonic() - started:.0f}s: efficient has {ready} ready pods, "

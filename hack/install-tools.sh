@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the test bed's tools if missing; idempotent, prints what it does.
-#   - the real node's Debian packages: runc, the CNI plugins, iptables, openssl, and buildah and
-#     mmdebstrap for the images (containerd, kubelet and kube-proxy are built by
-#     hack/build-binaries.sh --node);
+#   - the real node's Debian packages: runc, the CNI plugins, iptables, ipset (the NetworkPolicy
+#     enforcer's address sets), openssl, and buildah and mmdebstrap for the images (containerd,
+#     kubelet, kube-proxy and kube-router are built by hack/build-binaries.sh --node);
 #   - prometheus and promtool: Debian's prometheus package (real Prometheus in tests, rule tests);
 #   - helm: built from its Go module (HELM_VERSION in hack/versions.env) into the binary cache;
 #   - prometheus-operator's CRDs: its Go module (PROMETHEUS_OPERATOR_VERSION) in the module cache.
@@ -43,8 +43,8 @@ install_prometheus() {
   echo "prometheus installed: $(prometheus --version 2>&1 | head -1)"
 }
 
-NODE_PACKAGES=(runc containernetworking-plugins iptables openssl buildah mmdebstrap)
-NODE_COMMANDS=(runc /usr/lib/cni/bridge iptables openssl buildah mmdebstrap)
+NODE_PACKAGES=(runc containernetworking-plugins iptables ipset openssl buildah mmdebstrap)
+NODE_COMMANDS=(runc /usr/lib/cni/bridge iptables ipset openssl buildah mmdebstrap)
 
 install_node_packages() {
   local c missing=false

@@ -17,17 +17,29 @@
 #   - a bridge duotone0 with 10.213.0.1/24, the pod network (CNI bridge + host-local + portmap);
 #     pods get addresses in it that exist only on this machine;
 #   - kernel settings: net.ipv4.ip_forward=1 (Service traffic between pods is forwarded through
-#     the host) and the six the kubelet sets at start; all saved first, restored by `down`;
-#   - iptables and ip6tables: kube-proxy's and the kubelet's KUBE-* chains; DUOTONE-GUARD in the
+#     the host), net.bridge.bridge-nf-call-iptables=1 (bridged pod traffic passes the policy
+#     rules) and the six the kubelet sets at start; all saved first, restored by `down`;
+#   - iptables and ip6tables: kube-proxy's, the kubelet's and kube-router's KUBE-* chains
+#     (KUBE-ROUTER-INPUT/FORWARD/OUTPUT jumped to from the filter table's built-in chains,
+#     KUBE-POD-FW-*, KUBE-NWPLCY-*), and kube-router's ipsets (KUBE-SRC-*, KUBE-DST-*, their
+#     inet6: twins, TMP-* while it restores); DUOTONE-GUARD in the
 #     raw table's PREROUTING, which drops anything for the pod network, the Service range, the
 #     API server or the kubelet that does not arrive on loopback or the bridge, so nothing of
-#     the test bed is reachable from outside this machine; DUOTONE-EGRESS in FORWARD, which keeps
-#     pods' traffic on this machine;
-#   - processes (containerd, kubelet, kube-proxy, the pods' shims), their mounts, the kubepods
+#     the test bed is reachable from outside this machine; DUOTONE-EGRESS in the mangle table's
+#     FORWARD, which keeps pods' traffic on this machine;
+#   - processes (containerd, kubelet, kube-proxy, kube-router, the pods' shims), their mounts,
+#     the kubepods
 #     cgroups, and host paths the kubelet and containerd create outside their folders (removed
 #     when they did not exist before). State lives in CLUSTER_DIR/node and /run/duotone-node*;
 #     containerd's image store is kept in the cache (~/.cache/duotone/containerd) so images
 #     load once.
+#
+# NetworkPolicy: kube-router's network-policy controller alone (no routing, no service proxy)
+# enforces the cluster's NetworkPolicies on the pod network, with iptables rules in FORWARD
+# (bridged pod-to-pod traffic, which needs net.bridge.bridge-nf-call-iptables=1), INPUT and
+# OUTPUT, and ipsets of pod addresses. It runs as its own identity (user duotone:kube-router,
+# ClusterRole duotone:kube-router: read pods, namespaces, nodes, services, endpoints,
+# EndpointSlices and NetworkPolicies).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,9 +54,10 @@ CONTAINERD_ROOT="${DUOTONE_CONTAINERD_ROOT:-${CACHE_ROOT}/containerd}"
 GUARD=DUOTONE-GUARD
 EGRESS=DUOTONE-EGRESS
 SERVICE_CIDR=10.96.0.0/16
-# Kernel settings the node changes: ip_forward (here), the kubelet's defaults (it sets them at
-# start), saved before and restored by `down`.
-SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+# Kernel settings the node changes: ip_forward and bridge-nf-call-iptables (here: the policy
+# enforcer filters bridged traffic), the kubelet's defaults (it sets them at start), saved before
+# and restored by `down`.
+SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 # Host paths the kubelet, containerd and its shims create outside their configured folders;
 # those that did not exist before `up` are removed by `down` (the list of them is kept).
@@ -129,7 +142,10 @@ EOF
 # DUOTONE-GUARD, in the raw table's PREROUTING (before kube-proxy's DNAT and its FORWARD
 # accept), IPv4 and IPv6: what arrives on another interface than loopback or the bridge, for the
 # pod network, the Service range, the API server's port or the kubelet's, is dropped.
-# DUOTONE-EGRESS, in FORWARD: pods reach each other, Services and this host, nothing beyond it.
+# DUOTONE-EGRESS, in the mangle table's FORWARD: pods reach each other, Services and this host,
+# nothing beyond it. Mangle, not filter: the filter table's FORWARD starts with kube-router's
+# chain (it keeps its jump first), which ACCEPTs every pod packet its policies allow, so a rule
+# after it would never see them; mangle's FORWARD runs before any filter rule.
 # Rebuilt on every call (idempotent). cluster-up calls it before the API server listens.
 guard_up() { # api_port
   local api_port=$1 tool
@@ -145,25 +161,28 @@ guard_up() { # api_port
   done
   iptables -w -t raw -I "$GUARD" 3 -d "$SUBNET" -j DROP
   iptables -w -t raw -I "$GUARD" 3 -d "$SERVICE_CIDR" -j DROP
-  iptables -w -n -L "$EGRESS" >/dev/null 2>&1 || iptables -w -N "$EGRESS"
-  iptables -w -F "$EGRESS"
-  iptables -w -A "$EGRESS" -i "$BRIDGE" -o "$BRIDGE" -j RETURN
-  iptables -w -A "$EGRESS" -i "$BRIDGE" -j DROP
-  iptables -w -C FORWARD -j "$EGRESS" 2>/dev/null || iptables -w -I FORWARD 1 -j "$EGRESS"
+  iptables -w -t mangle -n -L "$EGRESS" >/dev/null 2>&1 || iptables -w -t mangle -N "$EGRESS"
+  iptables -w -t mangle -F "$EGRESS"
+  iptables -w -t mangle -A "$EGRESS" -i "$BRIDGE" -o "$BRIDGE" -j RETURN
+  iptables -w -t mangle -A "$EGRESS" -i "$BRIDGE" -j DROP
+  iptables -w -t mangle -C FORWARD -j "$EGRESS" 2>/dev/null ||
+    iptables -w -t mangle -I FORWARD 1 -j "$EGRESS"
 }
 
 guard_down() {
-  local tool
+  local tool table
   for tool in iptables ip6tables; do
     if "$tool" -w -t raw -n -L "$GUARD" >/dev/null 2>&1; then
       "$tool" -w -t raw -D PREROUTING -j "$GUARD" 2>/dev/null || true
       "$tool" -w -t raw -F "$GUARD" && "$tool" -w -t raw -X "$GUARD"
     fi
   done
-  if iptables -w -n -L "$EGRESS" >/dev/null 2>&1; then
-    iptables -w -D FORWARD -j "$EGRESS" 2>/dev/null || true
-    iptables -w -F "$EGRESS" && iptables -w -X "$EGRESS"
-  fi
+  for table in mangle filter; do # filter: where earlier versions of this script put it
+    if iptables -w -t "$table" -n -L "$EGRESS" >/dev/null 2>&1; then
+      iptables -w -t "$table" -D FORWARD -j "$EGRESS" 2>/dev/null || true
+      iptables -w -t "$table" -F "$EGRESS" && iptables -w -t "$table" -X "$EGRESS"
+    fi
+  done
 }
 
 network_up() {
@@ -185,6 +204,7 @@ network_up() {
     done >"$CREATED_FILE"
   fi
   sysctl -qw net.ipv4.ip_forward=1
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
   guard_up "$API_PORT"
 }
 
@@ -280,6 +300,7 @@ up() {
   network_up
   sign_cert kubelet "/O=system:nodes/CN=system:node:${NODE_NAME}"
   sign_cert kube-proxy "/CN=system:kube-proxy"
+  sign_cert kube-router "/CN=duotone:kube-router"
 
   local shim_dir
   shim_dir=$(dirname "$DUOTONE_CONTAINERD_SHIM_RUNC_V2")
@@ -316,6 +337,46 @@ up() {
   wait_until 120 "node ${NODE_NAME} Ready" \
     "$DUOTONE_KUBECTL" --kubeconfig "$kubeconfig" wait --for=condition=Ready "node/${NODE_NAME}" --timeout=2s
   log "node ${NODE_NAME} is Ready"
+  netpol_up "$kubeconfig"
+}
+
+# kube-router's network-policy controller: its read-only RBAC (applied with the admin
+# kubeconfig), then the process. It needs the Node object (its address), so it starts after the
+# node registered, and it is ready once its chains are in the filter table.
+netpol_up() { # admin_kubeconfig
+  command -v ipset >/dev/null || die "ipset missing (hack/install-tools.sh)"
+  "$DUOTONE_KUBECTL" --kubeconfig "$1" apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "duotone:kube-router"}
+rules:
+- apiGroups: [""]
+  resources: [pods, namespaces, nodes, services, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "duotone:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "duotone:kube-router"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "duotone:kube-router"}
+EOF
+  if ! running kube-router; then
+    log "kube-router (NetworkPolicy enforcement only)"
+    start_daemon kube-router "${NODE_DIR}/logs/kube-router.log" \
+      "$DUOTONE_KUBE_ROUTER" --kubeconfig "$(kubeconfig_for kube-router)" \
+      --hostname-override "$NODE_NAME" --run-firewall=true --run-router=false \
+      --run-service-proxy=false --service-cluster-ip-range "$SERVICE_CIDR" \
+      --enable-ipv4=true --enable-ipv6=false --health-port 0 --metrics-port 0 -v 1
+  fi
+  wait_until 60 "kube-router's policy chains (log: ${NODE_DIR}/logs/kube-router.log)" \
+    iptables -w -n -L KUBE-ROUTER-FORWARD
 }
 
 # Every process whose executable is one of the node's binaries or that runs in a kubepods cgroup.
@@ -325,7 +386,7 @@ node_pids() {
     pid=${pid#/proc/}
     exe=$(readlink "/proc/${pid}/exe" 2>/dev/null) || continue
     case "$exe" in
-      */node-k8s-*/*) echo "$pid" ;;
+      */node-k8s-*/* | */kube-router-*/kube-router) echo "$pid" ;;
       *)
         grep -q ':/kubepods' "/proc/${pid}/cgroup" 2>/dev/null && echo "$pid"
         ;;
@@ -344,6 +405,20 @@ kubepods_cgroups() {
 }
 
 CHAINS='KUBE-[A-Z0-9-]*\|CNI-[A-Za-z0-9-]*'
+# kube-router's address sets (IPv6 ones carry the inet6: prefix; TMP-* exist while it restores).
+IPSETS='^(inet6:)?(KUBE-|TMP-)'
+
+test_bed_ipsets() {
+  command -v ipset >/dev/null || return 0
+  ipset list -n 2>/dev/null | grep -E "$IPSETS" || true
+}
+
+remove_ipsets() { # after the rules that use them are gone
+  local s
+  for s in $(test_bed_ipsets); do
+    ipset destroy "$s" 2>/dev/null || log "could not destroy ipset ${s}"
+  done
+}
 
 test_bed_chains() { # tool table
   "$1" -w -t "$2" -S 2>/dev/null | sed -n "s/^-N \(${CHAINS}\|${GUARD}\|${EGRESS}\)$/\1/p" || true
@@ -372,7 +447,7 @@ down() {
     return 0
   fi
   # kubelet first (it would restart pods), then containers, then the rest.
-  for name in kubelet kube-proxy; do
+  for name in kubelet kube-proxy kube-router; do
     if running "$name"; then
       log "stopping ${name}"
       kill "$(cat "${NODE_DIR}/pids/${name}.pid")" 2>/dev/null || true
@@ -409,6 +484,7 @@ down() {
       remove_chains "$tool" "$table"
     done
   done
+  remove_ipsets
   # DUOTONE-GUARD stays until cluster-down has stopped the API server (`unguard`).
   ip link del "$BRIDGE" 2>/dev/null || true
   if [[ -f "$SYSCTL_FILE" ]]; then
@@ -452,6 +528,9 @@ check() { # [--node]: the node's state only (another control plane may be runnin
     for t in filter nat mangle raw; do test_bed_chains "$tool" "$t"; done
   done | xargs)
   [[ -z "$chains" ]] || leftovers+=("iptables chains: ${chains}")
+  local sets
+  sets=$(test_bed_ipsets | xargs)
+  [[ -z "$sets" ]] || leftovers+=("ipsets: ${sets}")
   [[ -z "$(kubepods_cgroups)" ]] || leftovers+=("cgroups: $(kubepods_cgroups | xargs)")
   [[ -e "$RUN_DIR" ]] && leftovers+=("state: ${RUN_DIR}")
   [[ -f "$SYSCTL_FILE" ]] && leftovers+=("kernel settings not restored (${SYSCTL_FILE})")

@@ -25,6 +25,8 @@ from duotone_contracts.api.v1alpha1 import (
 from duotone_contracts.api.validation import FieldError
 
 MAX_SEED = 2**63 - 1
+COST_UNIT_PIXELS = 512 * 512
+"""One unit of request cost is one denoising step of one 512x512 image."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ class GenerationRequest:
         """Input -> value for all eight inputs, always: Triton batches only requests that send
         the same set of inputs."""
         return triton.input_values(self)
+
+    def cost(self) -> float:
+        """The work this request asks for, in image-steps at 512x512: images x steps x pixels
+        / 512^2 (what `rateLimit.costPerMinutePerKey` counts).
+
+        e.g. 4 flagship images of 50 steps at 1024x1024 cost 4 x 50 x 4 = 800; one efficient
+        image of 4 steps at 512x512 costs 4.
+        """
+        return self.num_images * self.steps * self.width * self.height / COST_UNIT_PIXELS
 
     def image_seeds(self) -> tuple[int, ...]:
         """Seed of each image: image j of a request with seed s is the image of seed s + j."""

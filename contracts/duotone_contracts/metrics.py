@@ -158,10 +158,23 @@ ROUTER_OUTSTANDING: Final = Metric(
 ROUTER_BACKENDS: Final = Metric(
     "duotone_router_backends", "Ready pods known for the tier.", (TIER,)
 )
+ROUTER_PENDING_REFUSALS: Final = Metric(
+    "duotone_router_pending_refusals_total",
+    "Requests refused at once (503) because the tier's pending queue was full.",
+    (TIER,),
+)
 ROUTER_RETRIES: Final = Metric(
     "duotone_router_backend_retries_total",
-    "Requests retried on another pod after a failed connection.",
-    (TIER,),
+    "Requests retried on another pod, by cause (connect, error, unresponsive).",
+    (TIER, CAUSE),
+)
+ROUTER_EJECTIONS: Final = Metric(
+    "duotone_router_backend_ejections_total",
+    "Pods ejected from routing, by cause (errors, connect, not_ready, unresponsive).",
+    (TIER, CAUSE),
+)
+ROUTER_EJECTED: Final = Metric(
+    "duotone_router_ejected_backends", "Pods of the tier ejected from routing now.", (TIER,)
 )
 ROUTER_BACKEND_ERRORS: Final = Metric(
     "duotone_router_backend_errors_total",

@@ -66,6 +66,10 @@ class RoutingTable(LenientModel):
     max_body_bytes: int
     api_keys_path: str | None
     """Where the API keys Secret is mounted; None: the endpoint is open."""
+    key_tiers: dict[str, tuple[TierName, ...]] = Field(default_factory=dict)
+    """API key name -> the tiers it may use; keys not listed may use every tier."""
+    max_pending_per_tier: int = 256
+    """Requests one router holds for a tier with no pod to take them; more get 503."""
 
     @field_serializer("rate_limit")
     def _rate_limit(self, limit: RateLimitSpec) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The operator renders the tier and router Services with these ports; the router finds its
 tiers' gRPC ports in their EndpointSlices, and the autoscaler's direct metric source finds the
-pods' metrics ports and the routers' HTTP ports.
+pods' and the routers' metrics ports.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ TIER_GRPC: Final = ServicePort("grpc", 8001)
 TIER_METRICS: Final = ServicePort("metrics", 8002)
 """Triton's Prometheus metrics, with the runtime's own."""
 ROUTER_HTTP: Final = ServicePort("http", 8080)
-"""The router's OpenAI-compatible endpoint, its probes and its metrics."""
+"""The router's OpenAI-compatible endpoint and its probes."""
+ROUTER_METRICS: Final = ServicePort("metrics", 9090)
+"""The router's Prometheus metrics: a port of its own, so the NetworkPolicy can open the
+endpoint to clients and the metrics (which name API keys) only to scrapers."""
 
 
 def _address(ip: str, port: int) -> str:

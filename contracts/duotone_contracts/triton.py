@@ -86,6 +86,12 @@ DRAINING_REFUSAL: Final = "duotone-runtime is shutting down: new requests are re
 """How a tier pod's drain gate refuses new inference after SIGTERM (HTTP 503, gRPC
 UNAVAILABLE): the request never ran, so the router retries it on another pod."""
 
+MODEL_FAILED_REFUSAL: Final = (
+    "duotone-runtime cannot serve: the model failed; new requests are refused"
+)
+"""How a tier pod's gate refuses new inference once its model reported that it can no longer
+serve (HTTP 503, gRPC UNAVAILABLE): the request never ran, and the pod is being replaced."""
+
 
 def input_values(request: object) -> dict[InputSpec, Any]:
     """Input -> the value of its attribute on `request` (any record with the inputs' names)."""

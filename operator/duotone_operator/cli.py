@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import pwd
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
 
 import kopf
 from aiohttp import web
@@ -59,6 +61,17 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"DUOTONE_{name}", default)
 
 
+def _peers(text: str) -> list[dict[str, Any]]:
+    """A JSON list of NetworkPolicy peers (objects), e.g. `[{"namespaceSelector": {}}]`."""
+    try:
+        peers = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from error
+    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+        raise argparse.ArgumentTypeError("must be a JSON list of NetworkPolicy peer objects")
+    return peers
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="duotone-operator",
@@ -87,6 +100,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--exit-timeout-seconds", type=int, default=int(_env("EXIT_TIMEOUT_SECONDS", "30"))
+    )
+    parser.add_argument(
+        "--network-policies",
+        action=argparse.BooleanOptionalAction,
+        default=_env("NETWORK_POLICIES", "true").lower() == "true",
+        help="render a NetworkPolicy for each IMD's tier pods and router pods (default: on)",
+    )
+    parser.add_argument(
+        "--scraper-namespace",
+        action="append",
+        default=[n for n in _env("SCRAPER_NAMESPACES", "").split(",") if n],
+        help="namespace whose pods may scrape the tiers' and routers' metrics ports (repeat; "
+        "env DUOTONE_SCRAPER_NAMESPACES, comma-separated); none means any namespace",
+    )
+    parser.add_argument(
+        "--router-ingress-from",
+        type=_peers,
+        default=_peers(_env("ROUTER_INGRESS_FROM", "[]")),
+        help="JSON list of NetworkPolicy peers that may call the routers' endpoint (env "
+        "DUOTONE_ROUTER_INGRESS_FROM); [] means any source",
     )
     parser.add_argument(
         "--watch-timeout-seconds",
@@ -150,7 +183,11 @@ async def run(args: argparse.Namespace) -> None:
         cluster=KubernetesCluster(k8s.ApiClient(client_configuration(args.kubeconfig))),
         kubeconfig=args.kubeconfig,
         render=RenderSettings(
-            exit_timeout_seconds=args.exit_timeout_seconds, router_image=args.router_image
+            exit_timeout_seconds=args.exit_timeout_seconds,
+            router_image=args.router_image,
+            network_policies=args.network_policies,
+            scraper_namespaces=tuple(dict.fromkeys(args.scraper_namespace)),
+            router_ingress_from=tuple(args.router_ingress_from),
         ),
         freshness=WatchFreshness(grace_seconds=args.watch_grace_seconds),
         retry_base_seconds=args.retry_base_seconds,

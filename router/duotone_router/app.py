@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from duotone_contracts.api.v1alpha1 import TierName
+from duotone_contracts.limits import GenerationRequest
 from duotone_contracts.routing_table import RoutingTable, RoutingTableError, parse_routing_table
 from duotone_router import guards, images
 from duotone_router.discovery import Addresses, Discovery
@@ -27,12 +30,33 @@ from duotone_router.dispatch import Clock, Dispatcher
 from duotone_router.keys import ApiKeys, load_api_keys
 from duotone_router.metrics import RouterMetrics
 from duotone_router.policy.reasons import Refused
-from duotone_router.responses import error_response, openai_errors
+from duotone_router.responses import (
+    ON_INTERNAL_ERROR,
+    REQUEST_ID_KEY,
+    error_response,
+    openai_errors,
+)
 
 log = logging.getLogger("duotone.router")
 
 RELOAD_SECONDS = 1.0
 """How often the routing table and the API keys are re-read (ConfigMap/Secret volume updates)."""
+
+CLIENT_REQUEST_ID_HEADER = "X-Client-Request-Id"
+"""A client's own request id, echoed back when it is well formed; never used upstream."""
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+KEY_NAME_KEY = "duotone_key"
+"""Where a handler keeps the caller's key name on the request (for the safety net's count)."""
+DRAIN_MARGIN_S = 5.0
+"""After SIGTERM: how long beyond the longest tier deadline in-flight requests may take."""
+
+
+def client_request_id(value: str | None) -> str | None:
+    """The client's `X-Request-Id` when it is safe to echo (1-128 of A-Z a-z 0-9 . _ : -),
+    else None (pure). The router's own id names the request everywhere else."""
+    if value is not None and CLIENT_REQUEST_ID.fullmatch(value):
+        return value
+    return None
 
 
 class Router:
@@ -61,6 +85,11 @@ class Router:
         self.keys: ApiKeys | None = None
         self.limiter = guards.RateLimiter()
         self.discovered = False
+        self.draining = False
+        """Set on SIGTERM: readiness fails and in-flight requests finish (`serve`)."""
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._discovery_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -95,6 +124,8 @@ class Router:
 
     def _apply_table(self, table: RoutingTable) -> None:
         services_before = self.dispatcher.services()
+        if table.rate_limit != self.table.rate_limit:
+            self.limiter.follow(table.rate_limit, self.clock())
         self.table = table
         self.dispatcher.configure(table)
         if self._discovery_task is not None and self.dispatcher.services() != services_before:
@@ -111,6 +142,7 @@ class Router:
             # Fail closed: with a key path configured and no readable keys, nobody gets in.
             log.error("cannot read API keys at %s: %s", path, error)
             self.keys = ApiKeys(())
+        self.limiter.forget_except({name for name, _ in self.keys.keys})
 
     async def _reload_loop(self) -> None:
         while True:
@@ -141,31 +173,48 @@ class Router:
 
     async def handle_generations(self, request: web.Request) -> web.Response:
         started = self.clock()
-        request_id = request.headers.get(images.REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request_id = uuid.uuid4().hex
+        request[REQUEST_ID_KEY] = request_id
+        headers = {images.REQUEST_ID_HEADER: request_id}
+        echoed = client_request_id(request.headers.get(images.REQUEST_ID_HEADER))
+        if echoed is not None:
+            headers[CLIENT_REQUEST_ID_HEADER] = echoed
         key, tier = guards.ANONYMOUS, "none"
         self.metrics.in_flight.inc()
+        self._in_flight += 1
+        self._idle.clear()
         try:
             key = guards.authenticate(self.keys, request.headers.get("Authorization"))
+            request[KEY_NAME_KEY] = key
             body = await guards.read_body(
-                request.content_length, request.content.read, self.table.max_body_bytes
+                request.content_length,
+                request.content.read,
+                self.table.max_body_bytes,
+                content_encodings=request.headers.getall("Content-Encoding", ()),
             )
-            if self.keys is not None:  # an open endpoint has no keys to limit; docs/router.md
+            limited = self.keys is not None  # an open endpoint has no keys to limit
+            if limited:
                 self.limiter.admit(key, self.table.rate_limit, self.clock())
             parsed = images.parse_images_request(body)
-            served = await self.dispatcher.dispatch(parsed, request_id)
+            served = await self.dispatcher.dispatch(
+                parsed,
+                request_id,
+                allowed=self._allowed_tiers(key),
+                admit=self._charge(key) if limited else None,
+            )
             tier = served.tier
             self.dispatcher.record_latency(served.tier, self.clock() - started)
             answer = images.images_response(int(time.time()), served.pngs)
-            headers = {
+            headers |= {
                 images.TIER_HEADER: served.tier,
                 images.DEGRADED_HEADER: "true" if served.route.degraded else "false",
                 images.ROUTE_HEADER: served.route.kind,
-                images.REQUEST_ID_HEADER: request_id,
             }
             self.metrics.requests.labels(tier, "200", key).inc()
             return web.json_response(answer, headers=headers)
         except Refused as refused:
             response = error_response(refused, request_id)
+            response.headers.update({k: v for k, v in headers.items() if k not in response.headers})
             self.metrics.requests.labels(tier, str(response.status), key).inc()
             return response
         except asyncio.CancelledError:
@@ -174,6 +223,29 @@ class Router:
             raise
         finally:
             self.metrics.in_flight.dec()
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def _allowed_tiers(self, key: str) -> frozenset[TierName] | None:
+        """The tiers `key` may use (None: every tier)."""
+        tiers = self.table.key_tiers.get(key)
+        return None if tiers is None else frozenset(tiers)
+
+    def _charge(self, key: str) -> Any:
+        """Charge a request's cost to `key` once its tier is known (cost depends on the tier's
+        defaults); refuses when the key's work budget cannot cover it."""
+
+        def charge(_tier: TierName, request: GenerationRequest) -> None:
+            self.limiter.charge(key, self.table.rate_limit, request.cost(), self.clock())
+
+        return charge
+
+    def count_internal_error(self, request: web.Request) -> None:
+        """The safety net's count: an unexpected failure is a 500 in the request metrics."""
+        self.metrics.requests.labels(
+            "none", "500", request.get(KEY_NAME_KEY, guards.ANONYMOUS)
+        ).inc()
 
     async def handle_models(self, request: web.Request) -> web.Response:
         try:
@@ -186,6 +258,8 @@ class Router:
         return web.Response(text="ok\n")
 
     async def handle_readyz(self, _: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(status=503, text="draining: finishing in-flight requests\n")
         if not self.discovered:
             return web.Response(status=503, text="waiting for backend discovery\n")
         return web.Response(text="ready\n")
@@ -199,16 +273,34 @@ class Router:
     async def handle_openapi(self, _: web.Request) -> web.Response:
         return web.json_response(images.openapi_document())
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now."""
+        return self._in_flight
+
+    def drain_timeout_s(self) -> float:
+        """How long in-flight requests may take after SIGTERM: the longest tier deadline (a
+        request may wait, retry and overflow within it) plus a margin."""
+        deadlines = [route.request_timeout_ms / 1000 for route in self.table.tiers.values()]
+        return max(deadlines, default=0.0) + DRAIN_MARGIN_S
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight, at most `timeout_s`; True when none is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return self._in_flight == 0
+
 
 def build_app(router: Router) -> web.Application:
+    """The endpoint: the Images API, the model list, the probes and the OpenAPI document."""
     app = web.Application(middlewares=[openai_errors])
+    app[ON_INTERNAL_ERROR] = router.count_internal_error
     app.add_routes(
         [
             web.post(images.GENERATIONS_PATH, router.handle_generations),
             web.get(images.MODELS_PATH, router.handle_models),
             web.get("/healthz", router.handle_healthz),
             web.get("/readyz", router.handle_readyz),
-            web.get("/metrics", router.handle_metrics),
             web.get("/openapi.json", router.handle_openapi),
         ]
     )
@@ -222,14 +314,41 @@ def build_app(router: Router) -> web.Application:
     return app
 
 
-async def serve(router: Router, host: str, port: int) -> None:
-    """Run until cancelled. Client disconnects cancel their handler (and the upstream call)."""
-    runner = web.AppRunner(build_app(router), handler_cancellation=True, access_log=None)
+def build_metrics_app(router: Router) -> web.Application:
+    """The metrics port: Prometheus' /metrics only (its series name API keys, so it is served
+    apart from the endpoint and opened only to scrapers)."""
+    app = web.Application()
+    app.add_routes([web.get("/metrics", router.handle_metrics)])
+    return app
+
+
+async def serve(
+    router: Router, host: str, port: int, metrics_port: int, stop: asyncio.Event
+) -> None:
+    """Serve until `stop` is set (SIGTERM), then drain: readiness fails, the listener closes,
+    and in-flight requests finish within `Router.drain_timeout_s`. Client disconnects cancel
+    their handler (and the upstream call)."""
+    # Compressed bodies are refused (415) unread; aiohttp must not inflate them on its own.
+    runner = web.AppRunner(
+        build_app(router), handler_cancellation=True, access_log=None, auto_decompress=False
+    )
+    metrics_runner = web.AppRunner(build_metrics_app(router), access_log=None)
     await runner.setup()
+    await metrics_runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("router listening on %s:%d", host, port)
+    await web.TCPSite(metrics_runner, host, metrics_port).start()
+    log.info("router listening on %s:%d (metrics on :%d)", host, port, metrics_port)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        router.draining = True
+        timeout_s = router.drain_timeout_s()
+        log.info(
+            "draining: %d requests in flight, waiting up to %.0fs", router.in_flight, timeout_s
+        )
+        await site.stop()
+        finished = await router.drained(timeout_s)
+        log.info("drained: %s", "every request finished" if finished else "deadline passed")
     finally:
         await runner.cleanup()
+        await metrics_runner.cleanup()

@@ -2,7 +2,9 @@
 
 A pool keeps one `tritonclient.grpc.aio` client per pod address and counts the requests this
 router has outstanding on each, so `policy.routing.pick_backend` can send the next request to
-the least loaded pod. A pod whose connection fails is ejected for a few seconds.
+the least loaded pod. Each pod carries its health (`policy.outliers.PodHealth`): the dispatcher
+decides ejections from call outcomes and health probes; a pod only answers them and, when it is
+found unresponsive, gives up on the calls it holds.
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ from tritonclient.utils import InferenceServerException
 
 from duotone_contracts import triton
 from duotone_contracts.limits import GenerationRequest
+from duotone_router.policy.outliers import Outcome, PodHealth
 from duotone_router.policy.routing import BackendLoad
-
-EJECT_SECONDS = 5.0
-"""How long a pod whose connection failed gets no new requests."""
 
 
 class Failure(Enum):
@@ -36,7 +36,22 @@ class Failure(Enum):
     """The tier's deadline passed (in the router or in Triton's queue)."""
     INVALID = "invalid"
     """The model refused the inputs."""
+    UNRESPONSIVE = "unresponsive"
+    """The pod stopped answering its health probes while it held the request, which was given
+    up there (generation is stateless: another pod may serve it)."""
     OTHER = "other"
+    """An internal error, or a connection dropped mid-call (another pod may serve it)."""
+
+
+OUTCOMES: Mapping[Failure, Outcome] = {
+    Failure.CONNECT: Outcome.CONNECT,
+    Failure.QUEUE_FULL: Outcome.NEUTRAL,
+    Failure.TIMEOUT: Outcome.TIMEOUT,
+    Failure.INVALID: Outcome.NEUTRAL,
+    Failure.UNRESPONSIVE: Outcome.NEUTRAL,  # the probes that found it have counted already
+    Failure.OTHER: Outcome.ERROR,
+}
+"""What each failed call says about the pod's health (`policy.outliers.observe`)."""
 
 
 class BackendError(Exception):
@@ -58,6 +73,9 @@ _CONNECT_MARKERS = (
     "no route to host",
     # A draining pod's gate refused it after SIGTERM: the request never ran there.
     triton.DRAINING_REFUSAL.lower(),
+    # A pod whose model can no longer serve refused it at its gate: it never ran there, and the
+    # pod is on its way out (readiness and liveness fail).
+    triton.MODEL_FAILED_REFUSAL.lower(),
 )
 
 
@@ -69,7 +87,7 @@ def classify(status: str, detail: str) -> Failure:
     that cannot be reached as UNAVAILABLE "failed to connect to all addresses", and a pod
     draining after SIGTERM refuses new work with UNAVAILABLE "... shutting down ...". A connection
     that drops after the request was sent ("Socket closed") is OTHER: the pod may have started
-    the work, so it is not retried.
+    the work; it is OTHER, retried once like an internal error.
     """
     text = detail.lower()
     if "queue size" in text:
@@ -109,16 +127,18 @@ def infer_inputs(request: GenerationRequest) -> list[Any]:
 
 
 class Backend:
-    """One Triton pod: its gRPC client and this router's outstanding requests on it."""
+    """One Triton pod: its gRPC client, its health and this router's outstanding calls on it."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.client = grpcaio.InferenceServerClient(address)
         self.outstanding = 0
-        self.ejected_until = 0.0
+        self.health = PodHealth()
+        self._calls: set[asyncio.Future[Any]] = set()
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     def load(self, now: float) -> BackendLoad:
-        return BackendLoad(self.address, self.outstanding, available=now >= self.ejected_until)
+        return BackendLoad(self.address, self.outstanding, available=not self.health.ejected(now))
 
     async def generate(
         self, request: GenerationRequest, *, timeout_s: float, request_id: str
@@ -126,22 +146,55 @@ class Backend:
         """One inference; PNG files, or BackendError. Cancelling the task cancels the RPC."""
         outputs = [grpcaio.InferRequestedOutput(triton.IMAGES)]
         self.outstanding += 1
-        try:
-            result = await self.client.infer(
+        call = asyncio.ensure_future(
+            self.client.infer(
                 triton.DEFAULT_MODEL_NAME,
                 infer_inputs(request),
                 outputs=outputs,
                 request_id=request_id,
                 client_timeout=timeout_s,
             )
+        )
+        self._calls.add(call)
+        try:
+            result = await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if call in self._abandoned and (task is None or not task.cancelling()):
+                raise BackendError(
+                    Failure.UNRESPONSIVE, self.address, "given up: the pod stopped answering"
+                ) from None
+            call.cancel()
+            raise
         except InferenceServerException as error:
             detail = str(error.message())
             failure = classify(str(error.status()), detail)
             raise BackendError(failure, self.address, detail) from error
         finally:
+            self._calls.discard(call)
+            self._abandoned.discard(call)
             self.outstanding -= 1
         images = result.as_numpy(triton.IMAGES)
         return [bytes(image) for image in images.reshape(-1)]
+
+    def abandon(self) -> int:
+        """Give up on every call outstanding here (each raises UNRESPONSIVE to its caller, which
+        may retry it elsewhere); returns how many."""
+        calls = [c for c in self._calls if not c.done()]
+        for call in calls:
+            self._abandoned.add(call)
+            call.cancel()
+        return len(calls)
+
+    async def probe(self, timeout_s: float) -> Outcome:
+        """One health probe (gRPC ServerReady, which Triton answers only when its models are
+        ready; the drain gate answers not ready once the pod drains)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                ready = await self.client.is_server_ready(client_timeout=timeout_s)
+        except (InferenceServerException, TimeoutError):
+            return Outcome.PROBE_MISSED
+        return Outcome.PROBE_READY if ready else Outcome.PROBE_NOT_READY
 
     async def close(self) -> None:
         await self.client.close()
@@ -164,6 +217,9 @@ class TierPool:
 
     def ready_count(self, now: float) -> int:
         return sum(1 for b in self.backends.values() if b.load(now).available)
+
+    def healths(self) -> list[PodHealth]:
+        return [b.health for b in self.backends.values()]
 
     def update(self, addresses: Iterable[str]) -> list[Backend]:
         """Track exactly `addresses`; returns the removed backends (closed once idle)."""

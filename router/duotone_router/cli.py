@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -38,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duotone-router", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="router.json routing table")
     parser.add_argument("--host", default="0.0.0.0", help="listen address")  # noqa: S104
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8080, help="the endpoint's port")
+    parser.add_argument(
+        "--metrics-port", type=int, default=9090, help="Prometheus metrics port (/metrics)"
+    )
     parser.add_argument("--backends", type=Path, help="static backends file (local use)")
     parser.add_argument("--kube-api-url", help="API server URL (default: in-cluster)")
     parser.add_argument("--kube-token-file", type=Path, help="bearer token file")
@@ -70,12 +72,11 @@ async def _run(args: argparse.Namespace) -> None:
     config = parse_routing_table(args.config.read_text())
     rng = random.Random(args.seed)  # noqa: S311 - a traffic split, not cryptography
     router = Router(args.config, _discovery(args, config.namespace), rng=rng)
-    task = asyncio.create_task(serve(router, args.host, args.port))
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+        loop.add_signal_handler(signum, stop.set)
+    await serve(router, args.host, args.port, args.metrics_port, stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

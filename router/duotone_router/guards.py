@@ -1,4 +1,5 @@
-"""The guards every request passes before routing: API key, body size, per-key rate limit.
+"""The guards every request passes before routing: API key, body encoding and size, per-key
+rate limit.
 
 Each guard refuses with a `Refused` reason (the HTTP layer picks the status); nothing reaches
 a backend until all of them have passed.
@@ -6,8 +7,11 @@ a backend until all of them have passed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from duotone_contracts.api.v1alpha1 import RateLimitSpec
 from duotone_router.keys import ApiKeys, bearer_token
@@ -19,7 +23,10 @@ ANONYMOUS = "anonymous"
 
 
 def authenticate(keys: ApiKeys | None, authorization: str | None) -> str:
-    """The name of the caller's API key (ANONYMOUS when the endpoint has no keys)."""
+    """The name of the caller's API key (ANONYMOUS when the endpoint has no keys).
+
+    `authorization` is the header as the HTTP server decoded it: any bytes, including ones that
+    are not UTF-8 (lone surrogates), are refused as an invalid key, never an error."""
     if keys is None:
         return ANONYMOUS
     token = bearer_token(authorization)
@@ -31,38 +38,137 @@ def authenticate(keys: ApiKeys | None, authorization: str | None) -> str:
     return name
 
 
+IDENTITY = "identity"
+"""The only Content-Encoding accepted: compressed bodies are refused (415), not inflated, so a
+small body can never grow past the limit inside the router."""
+
+UNREADABLE_BODY_ERRORS: tuple[type[Exception], ...] = (RequestPayloadError, HttpProcessingError)
+"""What reading a body with broken framing raises (bad chunk size, bad chunk extension)."""
+
+
+def check_content_encoding(values: Sequence[str]) -> None:
+    """Refuse a body compressed in any way (every `Content-Encoding` header, each possibly a
+    list, e.g. `gzip, identity`); no header, empty or `identity` pass."""
+    for value in values:
+        for listed in value.split(","):
+            coding = listed.strip()
+            if coding and coding.lower() != IDENTITY:
+                shown = coding.encode("ascii", "backslashreplace").decode("ascii")[:64]
+                raise Refused(
+                    Reason.UNSUPPORTED_ENCODING,
+                    f"Content-Encoding: {shown!r} is not supported; send the body uncompressed",
+                    param="Content-Encoding",
+                )
+
+
 async def read_body(
-    content_length: int | None, read: Callable[[int], Awaitable[bytes]], limit: int
+    content_length: int | None,
+    read: Callable[[int], Awaitable[bytes]],
+    limit: int,
+    *,
+    content_encodings: Sequence[str] = (),
 ) -> bytes:
-    """The request body, refused as soon as it is known to exceed `limit` bytes (from the
-    declared length, or from reading one byte past the limit)."""
+    """The whole request body, however it is framed (one piece, chunked, written slowly).
+
+    Refused before reading when it is compressed or declares more than `limit` bytes, and as
+    soon as what arrived exceeds `limit`: `read(n)` returns whatever has arrived (at most n
+    bytes, b"" at the end), so it is called until the end, each time for at most the bytes
+    still allowed plus one; nothing beyond `limit + 1` bytes is ever held.
+    """
+    check_content_encoding(content_encodings)
     too_large = Refused(
         Reason.BODY_TOO_LARGE, f"body: larger than the limit of {limit} bytes", param="body"
     )
     if content_length is not None and content_length > limit:
         raise too_large
-    body = await read(limit + 1)
-    if len(body) > limit:
-        raise too_large
-    return body
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await read(limit + 1 - size)
+        except UNREADABLE_BODY_ERRORS as error:
+            raise Refused(
+                Reason.UNREADABLE_BODY,
+                "body: its framing is broken (Content-Length or chunked encoding)",
+                param="body",
+            ) from error
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
 
 
 @dataclass
 class RateLimiter:
-    """One token bucket per API key name."""
+    """A request bucket and a cost bucket per API key name; both follow the current limit."""
 
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    cost_buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
     def admit(self, key: str, limit: RateLimitSpec, now: float) -> None:
-        """Take a token from `key`'s bucket, or refuse with the seconds until one is free."""
-        bucket = self.buckets.get(key) or TokenBucket.full(
-            requests_per_minute=limit.requests_per_minute_per_key, burst=limit.burst, now=now
-        )
+        """Take a request token from `key`'s bucket, or refuse with the seconds until one is
+        free."""
+        per_minute = limit.requests_per_minute_per_key
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = TokenBucket.full(per_minute=per_minute, burst=limit.burst, now=now)
+        else:
+            bucket = bucket.retuned(per_minute=per_minute, burst=limit.burst, now=now)
         admission, self.buckets[key] = take(bucket, now)
         if not admission.allowed:
             raise Refused(
                 Reason.RATE_LIMITED,
-                f"rate limit of {limit.requests_per_minute_per_key} requests per minute "
-                f"exceeded for key {key!r}",
+                f"rate limit of {per_minute} requests per minute exceeded for key {key!r}",
                 retry_after_s=admission.retry_after_s,
             )
+
+    def charge(self, key: str, limit: RateLimitSpec, cost: float, now: float) -> None:
+        """Take `cost` from `key`'s cost bucket (when the limit counts cost), or refuse: with
+        the seconds until it fits, or as too large when it never can."""
+        per_minute = limit.cost_per_minute_per_key
+        if per_minute is None:
+            self.cost_buckets.pop(key, None)
+            return
+        bucket = self.cost_buckets.get(key)
+        if bucket is None:
+            bucket = TokenBucket.full(per_minute=per_minute, burst=None, now=now)
+        else:
+            bucket = bucket.retuned(per_minute=per_minute, burst=None, now=now)
+        admission, self.cost_buckets[key] = take(bucket, now, cost)
+        if admission.never:
+            raise Refused(
+                Reason.COST_TOO_LARGE,
+                f"n, steps, size: this request costs {cost:g} image-steps at 512x512, more "
+                f"than the {per_minute} per minute allowed for key {key!r}; ask for fewer "
+                "images, fewer steps or a smaller size",
+                param="n",
+            )
+        if not admission.allowed:
+            raise Refused(
+                Reason.RATE_LIMITED,
+                f"rate limit of {per_minute} image-steps (512x512) per minute exceeded for key "
+                f"{key!r}: this request costs {cost:g}",
+                retry_after_s=admission.retry_after_s,
+            )
+
+    def follow(self, limit: RateLimitSpec, now: float) -> None:
+        """A reload changed the limit: every bucket is refilled at its old rate until `now` and
+        runs at the new one from then on (not from its key's next request)."""
+        for key, bucket in self.buckets.items():
+            self.buckets[key] = bucket.retuned(
+                per_minute=limit.requests_per_minute_per_key, burst=limit.burst, now=now
+            )
+        cost_per_minute = limit.cost_per_minute_per_key
+        if cost_per_minute is None:
+            self.cost_buckets.clear()
+            return
+        for key, bucket in self.cost_buckets.items():
+            self.cost_buckets[key] = bucket.retuned(per_minute=cost_per_minute, burst=None, now=now)
+
+    def forget_except(self, keys: set[str]) -> None:
+        """Drop the buckets of keys that no longer exist (after a reload of the keys)."""
+        for buckets in (self.buckets, self.cost_buckets):
+            for gone in set(buckets) - keys:
+                del buckets[gone]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -67,28 +68,145 @@ class ImagesRequest(BaseModel):
     negative_prompt: str | None = Field(
         None, max_length=20000, description="Duotone: what not to draw."
     )
-    guidance_scale: float | None = Field(None, description="Duotone: guidance scale.")
+    guidance_scale: float | None = Field(
+        None, allow_inf_nan=False, description="Duotone: guidance scale (a finite number)."
+    )
+
+
+MAX_JSON_CONTAINERS = 64
+"""Most arrays and objects a body may hold (outside strings). A request is one flat object;
+the bound also bounds nesting, far below the depth where json.loads recurses out of stack
+(RecursionError near 1,000: 30,000 `[` fit in a 64 KiB body)."""
+
+MAX_JSON_MEMBERS = 64
+"""Most values a body may hold (commas outside strings, plus one): a request has at most 15
+members, and each parsed value (and each validation error about it) costs hundreds of bytes,
+so a body of thousands of tiny values is refused unparsed."""
+
+MAX_NUMBER_CHARS = 100
+"""Longest number literal parsed. An int64 seed has 19 digits; a 5,000-digit integer would hit
+Python's int-digits limit (ValueError) and cost quadratic time below it."""
+
+MAX_LISTED_PROBLEMS = 5
+"""Problems named in one message (a body may have dozens of unknown fields)."""
+
+MAX_PARAM_CHARS = 100
+"""Longest field name echoed back (a client's unknown key may be 60 KiB long)."""
+
+_STRING = re.compile(r'"[^"]*(?:"|\Z)')
+"""A JSON string literal once its escapes are gone, or an unterminated one running to the end
+of the body (so every quote is scanned once: the scan stays linear on unclosed strings)."""
+
+
+class LongNumber:
+    """A number literal longer than MAX_NUMBER_CHARS, kept unparsed so that the field holding
+    it is named by the model's validation (a number of any type fails every field)."""
+
+    def __init__(self, literal: str) -> None:
+        self.length = len(literal)
+
+    def __repr__(self) -> str:
+        return f"<number of {self.length} characters>"
+
+
+class _NonStandardJSONError(ValueError):
+    pass
+
+
+def _parse_int(literal: str) -> int | LongNumber:
+    return LongNumber(literal) if len(literal) > MAX_NUMBER_CHARS else int(literal)
+
+
+def _parse_float(literal: str) -> float | LongNumber:
+    return LongNumber(literal) if len(literal) > MAX_NUMBER_CHARS else float(literal)
+
+
+def _refuse_constant(name: str) -> None:
+    raise _NonStandardJSONError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _too_many(what: str) -> Refused:
+    return Refused(Reason.INVALID_JSON, f"the body holds {what}; a request is one flat JSON object")
+
+
+def _check_shape(text: str) -> None:
+    """Refuse, before parsing, a body with too many arrays, objects or values outside its
+    strings. Linear and allocation-free beyond one copy of the body: escapes are dropped
+    (so a quote inside a string cannot end it), then the text between string literals is
+    counted; the loop ends after at most 2 x MAX_JSON_MEMBERS strings (a body with more has
+    more values than that, or is not JSON)."""
+    plain = text.replace("\\\\", "").replace('\\"', "")
+    containers, commas, outside = 0, 0, 0
+    for strings, literal in enumerate(_STRING.finditer(plain), start=1):
+        containers += plain.count("[", outside, literal.start())
+        containers += plain.count("{", outside, literal.start())
+        commas += plain.count(",", outside, literal.start())
+        outside = literal.end()
+        if strings > 2 * MAX_JSON_MEMBERS:
+            raise _too_many(f"more than {2 * MAX_JSON_MEMBERS} strings")
+    containers += plain.count("[", outside) + plain.count("{", outside)
+    commas += plain.count(",", outside)
+    if containers > MAX_JSON_CONTAINERS:
+        raise _too_many(
+            f"{containers} arrays and objects (at most {MAX_JSON_CONTAINERS} are parsed)"
+        )
+    if commas + 1 > MAX_JSON_MEMBERS:
+        raise _too_many(f"{commas + 1} values (at most {MAX_JSON_MEMBERS} are parsed)")
 
 
 def _field_name(loc: Sequence[int | str]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+    name = ".".join(str(part) for part in loc) or "body"
+    return name if len(name) <= MAX_PARAM_CHARS else name[:MAX_PARAM_CHARS] + "..."
 
 
-def parse_images_request(body: bytes) -> ImagesRequest:
-    """The JSON body as a request; refused for malformed JSON, or naming the first bad field."""
+def _problem(problem: Mapping[str, Any]) -> str:
+    given = problem.get("input")
+    if isinstance(given, LongNumber):
+        return f"a number of {given.length} characters (at most {MAX_NUMBER_CHARS})"
+    if problem["type"] == "string_unicode":
+        return "must be valid Unicode text (a lone surrogate such as \\ud800 cannot be encoded)"
+    return str(problem["msg"])
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object: UTF-8, standard JSON only (no NaN or Infinity), few and
+    shallow arrays and objects, number literals short enough to parse in linear time.
+    Refused (INVALID_JSON) otherwise; an over-long number is kept as a LongNumber for the
+    field check to name."""
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Refused(Reason.INVALID_JSON, f"the body is not UTF-8: {error}") from error
+    _check_shape(text)
+    try:
+        document = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_refuse_constant,
+        )
+    except ValueError as error:  # JSONDecodeError, a NaN/Infinity constant
         raise Refused(Reason.INVALID_JSON, f"the body is not valid JSON: {error}") from error
     if not isinstance(document, dict):
         raise Refused(Reason.INVALID_JSON, "the body must be a JSON object")
+    return document
+
+
+def parse_images_request(body: bytes) -> ImagesRequest:
+    """The JSON body as a request; refused for malformed JSON, or naming the first bad field
+    (a string the model cannot encode, such as a lone surrogate, is a bad field too)."""
+    document = parse_json_object(body)
     try:
         return ImagesRequest.model_validate(document)
     except ValidationError as error:
-        problems = error.errors()
+        problems = error.errors(include_url=False)
         first = _field_name(problems[0]["loc"])
-        message = "; ".join(f"{_field_name(p['loc'])}: {p['msg']}" for p in problems)
-        raise Refused(Reason.INVALID_VALUE, message, param=first) from error
+        listed = [f"{_field_name(p['loc'])}: {_problem(p)}" for p in problems]
+        if len(listed) > MAX_LISTED_PROBLEMS:
+            listed[MAX_LISTED_PROBLEMS:] = [
+                f"and {len(listed) - MAX_LISTED_PROBLEMS} more problems"
+            ]
+        raise Refused(Reason.INVALID_VALUE, "; ".join(listed), param=first) from error
 
 
 def requested_tier(request: ImagesRequest, served: Sequence[TierName]) -> TierName | None:
@@ -260,11 +378,20 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "400": _error("Malformed JSON."),
                         "401": _error("Missing or unknown API key."),
-                        "403": _error("Client tier selection is disabled."),
+                        "403": _error(
+                            "Client tier selection is disabled, or the API key may not use "
+                            "the tier."
+                        ),
                         "404": _error("Unknown model."),
                         "413": _error("Body larger than the limit."),
-                        "422": _error("A field is invalid or beyond the tier's limits."),
+                        "415": _error("Compressed body (Content-Encoding): send it plain."),
+                        "422": _error(
+                            "A field is invalid or beyond the tier's limits, or the request "
+                            "costs more than the key's per-minute work limit."
+                        ),
                         "429": _error("Rate limit exceeded; see Retry-After."),
+                        "500": _error("The router failed; the message names the request id."),
+                        "502": _error("The tier failed; the message names the request id."),
                         "503": _error("The tier is saturated; see Retry-After."),
                         "504": _error("The tier did not answer within its deadline."),
                     },

@@ -21,13 +21,29 @@ class ApiKeys:
 
     def identify(self, presented: str) -> str | None:
         """The name of the key `presented` matches, or None. Compares against every key in
-        constant time, so timing reveals neither which key nor how much of it matched."""
-        given = presented.encode()
+        constant time, so timing reveals neither which key nor how much of it matched.
+
+        `presented` may hold any bytes a client sent: HTTP servers decode header bytes that are
+        not UTF-8 as lone surrogates (surrogateescape), which turn back into those bytes here.
+        """
+        given = header_bytes(presented)
+        if given is None:
+            return None
         match = None
         for name, secret in self.keys:
             if hmac.compare_digest(given, secret):
                 match = name
         return match
+
+
+def header_bytes(value: str) -> bytes | None:
+    """A header value as the bytes the client sent (aiohttp decodes them as UTF-8 with
+    surrogateescape), or None for text no bytes decode to (a lone surrogate outside that
+    escape range), which can match no key."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
 
 
 def load_api_keys(directory: Path) -> ApiKeys:

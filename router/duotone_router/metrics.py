@@ -46,7 +46,10 @@ class RouterMetrics:
         self.pending = self._gauge(m.ROUTER_PENDING)
         self.outstanding = self._gauge(m.ROUTER_OUTSTANDING)
         self.backends = self._gauge(m.ROUTER_BACKENDS)
+        self.pending_refusals = self._counter(m.ROUTER_PENDING_REFUSALS)
         self.retries = self._counter(m.ROUTER_RETRIES)
+        self.ejections = self._counter(m.ROUTER_EJECTIONS)
+        self.ejected = self._gauge(m.ROUTER_EJECTED)
         self.backend_errors = self._counter(m.ROUTER_BACKEND_ERRORS)
         self.cancelled = self._counter(m.ROUTER_CANCELLED)
         self.config_reloads = self._counter(m.ROUTER_CONFIG_RELOADS)
@@ -64,6 +67,7 @@ class RouterMetrics:
         for name, route in table.tiers.items():
             self.slo_p50.labels(name).set(route.slo.p50_latency_ms / 1000)
             self.pending.labels(name)
+            self.ejected.labels(name)
             self.latency.labels(name)
             for other in table.tiers:
                 if other != name:

@@ -37,6 +37,7 @@ from duotone_runtime.launcher import (
     TritonNotFoundError,
     find_tritonserver,
     free_port,
+    loggable_command,
     prepare,
     server_environment,
 )
@@ -132,6 +133,7 @@ def serve(args: argparse.Namespace) -> int:
         or (args.batch_invariant == "auto" and device == "cpu"),
         instance_count=args.instances,
         log_verbose=args.log_verbose,
+        health_file=workdir / "model-health.json",
     )
     threads = choose_cpu_threads(
         flag=args.cpu_threads,
@@ -148,7 +150,8 @@ def serve(args: argparse.Namespace) -> int:
     install = find_tritonserver(args.tritonserver)
     command = prepare(options, workdir, install)
     env = server_environment(install, os.environ, cpu_threads=per_instance)
-    print(f"duotone-runtime: tritonserver from {install.origin}: {shlex.join(command)}", flush=True)
+    shown = shlex.join(loggable_command(command))
+    print(f"duotone-runtime: tritonserver from {install.origin}: {shown}", flush=True)
     if args.dry_run:
         return 0
     return asyncio.run(supervise(command, env, options))

@@ -3,13 +3,17 @@
 tritonserver listens on loopback ports behind the drain gate (`gate.py`), which serves the
 pod's HTTP and gRPC ports; its metrics port is the pod's own. On SIGTERM the gate refuses new
 requests and forwards the signal; `--exit-timeout-secs` bounds how long in-flight requests
-may finish.
+may finish. Every Triton API the gate does not serve (shared memory, model repository, model
+configuration, trace and log settings) is restricted in tritonserver itself behind a header
+whose value is random per start, so not even a process that reaches the loopback ports can use
+it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -69,9 +73,20 @@ class ServeOptions:
     batch_invariant: bool = False
     instance_count: int = 1
     log_verbose: int = 0
+    health_file: Path | None = None
+    """Where the model reports that it can no longer serve (`model_health.py`); the gate reads
+    it. None: no health reporting."""
 
 
 LOOPBACK = "127.0.0.1"
+
+RESTRICTED_APIS = ("shared-memory", "model-repository", "model-config", "trace", "logging")
+"""tritonserver's API categories the gate refuses; it serves health, metadata, inference and
+read-only statistics (`gate.http_route`, `gate.grpc_route`)."""
+RESTRICTED_API_HEADER = "duotone-restricted-api"
+"""The header a restricted API asks for (gRPC: `triton-grpc-protocol-<this>`); its value is
+random per start and known to no one, so the restricted APIs are closed, not guarded."""
+_RESTRICTED_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")
 
 
 def free_port() -> int:
@@ -163,6 +178,7 @@ def model_parameters(options: ServeOptions) -> dict[str, str]:
         "pvc_root": str(options.pvc_root),
         "cache_dir": str(options.cache_dir),
         "batch_invariant": "true" if options.batch_invariant else "false",
+        "health_file": "" if options.health_file is None else str(options.health_file),
     }
 
 
@@ -183,9 +199,11 @@ def write_model_repository(options: ServeOptions, repository: Path) -> Path:
 
 
 def server_command(
-    options: ServeOptions, binary: Path, repository: Path, backends: Path
+    options: ServeOptions, binary: Path, repository: Path, backends: Path, *, restricted_key: str
 ) -> list[str]:
-    """tritonserver's argument list (pure)."""
+    """tritonserver's argument list (pure); `restricted_key` is the header value that the
+    restricted APIs would ask for."""
+    restricted = f"{','.join(RESTRICTED_APIS)}:{RESTRICTED_API_HEADER}={restricted_key}"
     return [
         str(binary),
         f"--model-repository={repository}",
@@ -203,6 +221,8 @@ def server_command(
         f"--allow-gpu-metrics={'true' if options.device == 'cuda' else 'false'}",
         "--metrics-config=summary_latencies=true",
         f"--exit-timeout-secs={options.exit_timeout_secs}",
+        f"{_RESTRICTED_FLAGS[0]}{restricted}",
+        f"{_RESTRICTED_FLAGS[1]}{restricted}",
         # A unique shared-memory prefix lets several servers share one host (tests, sidecars).
         f"--backend-config=python,shm-region-prefix-name=duotone-{uuid.uuid4().hex[:12]}",
         # Loading a real model can outlast the stub's default 30 s handshake.
@@ -231,9 +251,22 @@ def server_environment(
     return env
 
 
+def loggable_command(command: list[str]) -> list[str]:
+    """The server command with the restricted-API key blanked out, for the log (pure)."""
+    return [
+        arg.rsplit("=", 1)[0] + "=<random>" if arg.startswith(_RESTRICTED_FLAGS) else arg
+        for arg in command
+    ]
+
+
 def prepare(options: ServeOptions, workdir: Path, install: TritonInstall) -> list[str]:
-    """Write the repository and backend under `workdir`; return the server command."""
+    """Write the repository and backend under `workdir` and clear a health file left by an
+    earlier start; return the server command."""
     repository = workdir / "models"
     write_model_repository(options, repository)
     backends = prepare_backends(install, workdir)
-    return server_command(options, install.binary, repository, backends)
+    if options.health_file is not None:
+        options.health_file.unlink(missing_ok=True)
+    return server_command(
+        options, install.binary, repository, backends, restricted_key=secrets.token_urlsafe(32)
+    )

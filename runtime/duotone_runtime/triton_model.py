@@ -4,7 +4,9 @@ The launcher copies this file into the model repository as `<model>/1/model.py`.
 loads the pipeline once (readiness means it is loaded and warmed up); `execute` validates each
 request against the tier's limits, groups the valid ones by shape into pipeline calls, and
 returns exactly one response per request: PNG files, or an error naming the offending field.
-One request's problem never fails the others in its batch.
+One request's problem never fails the others in its batch. Each pipeline call's outcome feeds
+the model's health (`model_health.py`): when the model can no longer serve, it writes the
+health file the gate reads, and the pod is replaced.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from duotone_contracts.tier import parse_tier_document
 from duotone_runtime.batching import ShapeKey, plan_pipeline_calls
 from duotone_runtime.execution import STAGES, PipelineRunner, apply_torch_threads
 from duotone_runtime.loading import load_pipeline, resolve_source
+from duotone_runtime.model_health import FAULT_ENV, ModelHealth, record_call, write_failure
 
 BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
 SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
@@ -152,6 +155,11 @@ class TritonPythonModel:
             "warm-up", "", 1, defaults.guidance_scale, defaults.width, defaults.height, 0, 1
         )
         self.runner.run(ShapeKey.of(warmup), [warmup])
+        self.health = ModelHealth()
+        self.health_file = Path(params["health_file"]) if params.get("health_file") else None
+        self.injected_error = os.environ.get(FAULT_ENV) or None
+        if self.injected_error is not None:
+            self.logger.log_warn(f"duotone: {FAULT_ENV} is set: every pipeline call will fail")
         self.logger.log_info(
             f"duotone: tier {self.tier.name} serving {model.source} ({model.dtype}) on {device}; "
             f"batch-invariant layers: {self.runner.batch_invariant_layers}"
@@ -192,9 +200,12 @@ class TritonPythonModel:
                 continue
             batch = [valid[p] for p in members]
             try:
+                if self.injected_error is not None:
+                    raise RuntimeError(self.injected_error)
                 result = self.runner.run(call.shape, [r for r in batch if r is not None])
             except Exception as error:  # one failed call must not fail the other groups
                 self.logger.log_error(f"duotone: pipeline call {call.shape} failed: {error!r}")
+                self._record_health((type(error).__name__, str(error)))
                 for position in members:
                     self.metrics.rejected["failed"].increment(1)
                     responses[position] = _error(
@@ -202,6 +213,7 @@ class TritonPythonModel:
                         pb_utils.TritonError.INTERNAL,
                     )
                 continue
+            self._record_health(None)
             self._record(result.image_count, result.denoising_steps, result.stages.as_dict())
             for position, pngs in zip(members, result.images, strict=True):
                 images = np.array([pngs], dtype=np.object_)
@@ -209,6 +221,15 @@ class TritonPythonModel:
                     output_tensors=[pb_utils.Tensor(triton.IMAGES, images)]
                 )
         return responses
+
+    def _record_health(self, error: tuple[str, str] | None) -> None:
+        failed_before = self.health.failed
+        self.health = record_call(self.health, error)
+        if self.health.failed is None or failed_before is not None:
+            return
+        self.logger.log_error(f"duotone: the model can no longer serve: {self.health.failed}")
+        if self.health_file is not None:
+            write_failure(self.health_file, self.health.failed)
 
     def _record(self, images: int, steps: int, stages: dict[str, float]) -> None:
         self.metrics.images.increment(float(images))

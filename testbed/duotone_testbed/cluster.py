@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from duotone_contracts.api.v1alpha1 import TierName
-from duotone_contracts.services import ROUTER_HTTP
+from duotone_contracts.services import ROUTER_HTTP, ROUTER_METRICS
 from duotone_operator.render import names
 
 T = TypeVar("T")
@@ -172,6 +172,11 @@ class RealCluster:
         """The router Service's virtual IP (kube-proxy on the real node routes it)."""
         service = self.get("service", names.router_name(imd), "-n", namespace)
         return f"http://{service['spec']['clusterIP']}:{ROUTER_HTTP.number}"
+
+    def router_metrics_url(self, namespace: str, imd: str) -> str:
+        """/metrics of a router pod, through the router Service's metrics port."""
+        service = self.get("service", names.router_name(imd), "-n", namespace)
+        return f"http://{service['spec']['clusterIP']}:{ROUTER_METRICS.number}/metrics"
 
     def ready_endpoints(self, namespace: str, imd: str, tier: TierName) -> list[str]:
         """Pod IPs the tier's EndpointSlices list as ready (what the router's pool follows)."""

@@ -40,12 +40,18 @@ class LocalRouter:
     backends: dict[str, list[str]]
     """tier -> gRPC addresses, written to backends.json."""
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     extra_args: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The router's /metrics (a port of its own)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def config_path(self) -> Path:
@@ -80,6 +86,7 @@ class LocalRouter:
             f"--backends={self.backends_path}",
             "--host=127.0.0.1",
             f"--port={self.port}",
+            f"--metrics-port={self.metrics_port}",
             *self.extra_args,
         ]
         with self.log.open("wb") as log:

@@ -83,7 +83,7 @@ def scene(cluster: Cluster, namespace: str, run_operator: Any, tmp_path: Path) -
                     {"namespace": namespace, "service": f"{NAME}-efficient"},
                 ),
                 ScrapeTarget(
-                    f"127.0.0.1:{stack.router.port}",
+                    f"127.0.0.1:{stack.router.metrics_port}",
                     {"namespace": namespace, "service": f"{NAME}-router"},
                 ),
             ],

@@ -159,7 +159,7 @@ def scene(cluster: Cluster, namespace: str, run_operator: Any, tmp_path: Path) -
         targets.append(
             _monitored(
                 monitors["duotone-routers"],
-                f"127.0.0.1:{stack.router.port}",
+                f"127.0.0.1:{stack.router.metrics_port}",
                 namespace,
                 f"{NAME}-router",
                 service_labels(f"{NAME}-router"),

@@ -115,6 +115,7 @@ def _children(cluster: Cluster, namespace: str, name: str) -> dict[tuple[str, st
         "configmaps",
         "services",
         "poddisruptionbudgets",
+        "networkpolicies.networking.k8s.io",
         "deployments",
     ):
         items = cluster.get_json(
@@ -357,7 +358,8 @@ def test_health_and_metrics_endpoints_report_a_live_watch(
 
 @pytest.mark.usefixtures("tiny_ready")
 def test_deleting_the_imd_garbage_collects_every_child(cluster: Cluster, namespace: str) -> None:
-    assert len(_children(cluster, namespace, "sd")) == 15  # with the router Role and RoleBinding
+    # With the router Role and RoleBinding, its PodDisruptionBudget and the two NetworkPolicies.
+    assert len(_children(cluster, namespace, "sd")) == 18
 
     cluster.kubectl("delete", "imd", "sd", f"--namespace={namespace}")
     wait_for(
@@ -387,7 +389,7 @@ def test_restart_during_reconcile_of_20_imds_ends_exactly_right(
         wait_ready(cluster, namespace, f"sd{i:02d}", second, timeout_s=120)
     for i in range(count):
         children = _children(cluster, namespace, f"sd{i:02d}")
-        assert len(children) == 15, sorted(children)
+        assert len(children) == 18, sorted(children)
     every = cluster.get_json("deployments", f"--namespace={namespace}")["items"]
     assert len(every) == count * 3
     for deployment in every:

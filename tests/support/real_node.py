@@ -16,7 +16,7 @@ import contextlib
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from duotone_operator.render import names
+from duotone_operator.render.objects import DEFAULT_ROUTER_IMAGE
 from duotone_testbed.cluster import RealCluster, poll
 from tests.support.load import SteadyLoad
 
@@ -181,3 +182,97 @@ def generate(url: str, **arguments: Any) -> bytes:
     result = client.images.generate(prompt="a kite", response_format="b64_json", **arguments)
     client.close()
     return base64.b64decode(result.data[0].b64_json or "") if result.data else b""
+
+
+PROBE_IMAGE = DEFAULT_ROUTER_IMAGE
+"""Probe pods run the router's image: the real node always holds it, and it has python3."""
+
+_LISTEN = """
+import socket, sys, threading
+def serve(port):
+    server = socket.create_server(("0.0.0.0", port))
+    while True:
+        server.accept()[0].close()
+for port in sys.argv[1:]:
+    threading.Thread(target=serve, args=(int(port),)).start()
+"""
+
+_CONNECT = """
+import socket, sys
+timeout = float(sys.argv[1])
+for target in sys.argv[2:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+        print(target, "open")
+    except OSError as error:
+        print(target, "closed", error)
+"""
+
+
+def probe_pod(
+    name: str, labels: Mapping[str, str] | None = None, *, listen: Sequence[int] = ()
+) -> dict[str, Any]:
+    """A pod on the real node that sleeps, or that accepts (and closes) TCP connections on the
+    `listen` ports: a stand-in peer or server for network tests."""
+    command = ["python3", "-c", _LISTEN, *map(str, listen)] if listen else ["sleep", "3600"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": dict(labels or {})},
+        "spec": {
+            "nodeSelector": {"duotone.io/real-node": "true"},
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": PROBE_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": command,
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                }
+            ],
+        },
+    }
+
+
+def start_pods(cluster: RealCluster, namespace: str, *manifests: dict[str, Any]) -> dict[str, str]:
+    """Apply pods, wait until each is Ready; their addresses by name."""
+    for manifest in manifests:
+        cluster.apply(manifest, namespace)
+
+    def addresses() -> dict[str, str] | None:
+        pods = [cluster.get("pod", m["metadata"]["name"], "-n", namespace) for m in manifests]
+        if not all(is_ready(p) and p["status"].get("podIP") for p in pods):
+            return None
+        return {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+
+    return poll(addresses, timeout_s=120, what="the probe pods Ready", every_s=1)
+
+
+def open_ports(
+    cluster: RealCluster,
+    namespace: str,
+    pod: str,
+    targets: Sequence[tuple[str, int]],
+    *,
+    connect_timeout_s: float = 2.0,
+) -> set[tuple[str, int]]:
+    """The `targets` (address, port) that accept a TCP connection from inside `pod` within the
+    timeout (refused, reset or unanswered: closed)."""
+    output = cluster.exec(
+        namespace,
+        pod,
+        "python3",
+        "-c",
+        _CONNECT,
+        str(connect_timeout_s),
+        *(f"{host}:{port}" for host, port in targets),
+    )
+    opened: set[tuple[str, int]] = set()
+    for line in output.splitlines():
+        target, _, verdict = line.partition(" ")
+        if verdict.startswith("open"):
+            host, port = target.rsplit(":", 1)
+            opened.add((host, int(port)))
+    return opened

@@ -492,13 +492,47 @@ class AutoscalingSpec(SpecModel):
 
 
 class RateLimitSpec(SpecModel):
-    """Per-API-key token bucket."""
+    """Per-API-key token buckets: one counts requests, the optional other counts work."""
 
     requests_per_minute_per_key: int = Field(
         600, ge=1, le=1000000, description="Sustained requests per minute for one key."
     )
     burst: int | None = Field(
         None, ge=1, le=100000, description="Bucket size; defaults to one minute's worth."
+    )
+    cost_per_minute_per_key: int | None = Field(
+        None,
+        ge=1,
+        le=100000000,
+        description="Sustained work per minute for one key, in image-steps at 512x512 "
+        "(images x steps x width x height / 512^2); a request's whole cost must fit one "
+        "minute's worth. Unset: work is not limited, only requests.",
+    )
+
+
+API_KEY_NAME_PATTERN = "^[-._a-zA-Z0-9]+$"
+"""A key of a Secret's data, which names an API key."""
+
+
+class ApiKeyTiers(SpecModel):
+    """The tiers one API key may use (keys not listed may use every tier)."""
+
+    key: str = Field(
+        max_length=253,
+        pattern=API_KEY_NAME_PATTERN,
+        description="The API key's name: its entry in apiKeysSecretRef's Secret.",
+    )
+    tiers: list[TierName] = Field(
+        min_length=1, max_length=2, description="Tiers the key may be served by."
+    )
+
+    rules = (
+        Rule(
+            cel="self.tiers.all(t, self.tiers.exists_one(u, u == t))",
+            message="tiers must not repeat a tier",
+            holds=lambda k: len(set(k.tiers)) == len(k.tiers),
+            field_path=".tiers",
+        ),
     )
 
 
@@ -527,8 +561,35 @@ class RouterSpec(SpecModel):
     max_body_bytes: int = Field(
         65536, ge=1024, le=10485760, description="Largest request body accepted."
     )
+    api_key_tiers: list[ApiKeyTiers] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Per-key tier restrictions; keys not listed may use every tier.",
+    )
+    max_pending_per_tier: int = Field(
+        256,
+        ge=1,
+        le=100000,
+        description="Requests one router holds for a tier with no pod to take them (scaling "
+        "from zero, or every pod ejected); beyond it new ones get 503 with Retry-After.",
+    )
     resources: ContainerResources = Field(
         default_factory=ContainerResources, description="Router CPU and memory."
+    )
+
+    rules = (
+        Rule(
+            cel="self.apiKeyTiers.all(a, self.apiKeyTiers.exists_one(b, b.key == a.key))",
+            message="router.apiKeyTiers must name each key once",
+            holds=lambda r: len({a.key for a in r.api_key_tiers}) == len(r.api_key_tiers),
+            field_path=".apiKeyTiers",
+        ),
+        Rule(
+            cel="size(self.apiKeyTiers) == 0 || has(self.apiKeysSecretRef)",
+            message="router.apiKeyTiers needs router.apiKeysSecretRef (keys to restrict)",
+            holds=lambda r: not r.api_key_tiers or r.api_keys_secret_ref is not None,
+            field_path=".apiKeyTiers",
+        ),
     )
 
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from duotone_contracts import metrics as m
 from duotone_contracts.api.v1alpha1 import ImageModelDeployment, TierName
-from duotone_contracts.services import ROUTER_HTTP, TIER_METRICS, addresses_from_slices
+from duotone_contracts.services import ROUTER_METRICS, TIER_METRICS, addresses_from_slices
 from duotone_operator.policy.autoscaling import TierMetrics
 from duotone_operator.render import names
 
@@ -220,7 +220,7 @@ class DirectSource:
             "pods"
         ]
         routers = addresses_from_slices(
-            slices, {target.router_service: "routers"}, ROUTER_HTTP.name
+            slices, {target.router_service: "routers"}, ROUTER_METRICS.name
         )["routers"]
         texts = await asyncio.gather(
             *(self._scrape(a, "/metrics") for a in pods),

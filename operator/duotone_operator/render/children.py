@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from duotone_contracts.api.v1alpha1 import ImageModelDeployment, TierName
+from duotone_operator.render.network import render_network_policies
 from duotone_operator.render.objects import Manifest, RenderSettings
 from duotone_operator.render.router import (
     render_router_config_map,
     render_router_deployment,
+    render_router_pdb,
     render_router_rbac,
     render_router_service,
     render_service_accounts,
@@ -25,6 +27,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),
     ("v1", "Service"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
     ("apps/v1", "Deployment"),
 )
 """Kinds of children, in apply order: what pods reference exists before the pods."""
@@ -38,7 +41,11 @@ def render_children(
 ) -> list[Manifest]:
     """All desired children. Tier Deployments not in `existing_tier_deployments` are rendered
     with `replicas: min` (their creation); the others without replicas (the autoscaler's)."""
-    children: list[Manifest] = [*render_service_accounts(imd), *render_router_rbac(imd)]
+    children: list[Manifest] = [
+        *render_service_accounts(imd),
+        *render_router_rbac(imd),
+        *render_network_policies(imd, settings),
+    ]
     for tier, spec in imd.spec.tiers.present().items():
         replicas = None if tier in existing_tier_deployments else spec.replicas.minimum
         children += [
@@ -50,6 +57,7 @@ def render_children(
     children += [
         render_router_config_map(imd),
         render_router_service(imd),
+        render_router_pdb(imd),
         render_router_deployment(imd, settings),
     ]
     order = {kind: i for i, (_, kind) in enumerate(CHILD_KINDS)}

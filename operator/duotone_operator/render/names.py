@@ -71,6 +71,16 @@ def tier_selector(imd: str, tier: TierName) -> dict[str, str]:
     }
 
 
+def tiers_selector(imd: str) -> dict[str, str]:
+    """The pods of every tier of one IMD (what its tiers' NetworkPolicy selects)."""
+    return {"app.kubernetes.io/instance": imd, "app.kubernetes.io/component": COMPONENT_TIER}
+
+
+def tiers_policy_name(imd: str) -> str:
+    """NetworkPolicy of the tier pods: `marketing-tiers`."""
+    return f"{imd}-tiers"
+
+
 def tier_labels(imd: str, tier: TierName) -> dict[str, str]:
     return {**instance_labels(imd), **tier_selector(imd, tier)}
 

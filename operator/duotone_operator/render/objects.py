@@ -19,6 +19,9 @@ DEFAULT_ROUTER_IMAGE = "registry.example.com/duotone-router:0.1.0"
 
 Manifest = dict[str, Any]
 
+GRACE_MARGIN_S = 15
+"""Seconds of grace beyond the drain a pod needs, so it exits on its own before SIGKILL."""
+
 
 @dataclass(frozen=True)
 class RenderSettings:
@@ -32,11 +35,30 @@ class RenderSettings:
     """Shared memory of the Triton Python backend (requests and responses pass through it)."""
     router_image: str = DEFAULT_ROUTER_IMAGE
     """Router image when the IMD names none (built from router/Dockerfile)."""
+    network_policies: bool = True
+    """Render a NetworkPolicy for the tier pods and one for the router pods of each IMD."""
+    scraper_namespaces: tuple[str, ...] = ()
+    """Namespaces whose pods may scrape the tiers' and routers' metrics ports (the operator's
+    and Prometheus'); empty: pods of any namespace."""
+    router_ingress_from: tuple[Manifest, ...] = ()
+    """NetworkPolicy peers that may call the routers' endpoint; empty: any source."""
 
-    @property
-    def termination_grace_seconds(self) -> int:
+    def exit_timeout_for(self, request_timeout_ms: int) -> int:
+        """Triton's exit timeout for a tier: at least the tier's request timeout, so every
+        request queued at SIGTERM is either run or expired (never cut) before Triton exits.
+
+        e.g. the default 30 s with a flagship timeout of 120 s -> 120.
+        """
+        return max(self.exit_timeout_seconds, -(-request_timeout_ms // 1000))
+
+    def termination_grace_for(self, request_timeout_ms: int) -> int:
         """Above pre-stop pause plus exit timeout, so Triton always exits on its own first."""
-        return self.pre_stop_seconds + self.exit_timeout_seconds + 15
+        return self.pre_stop_seconds + self.exit_timeout_for(request_timeout_ms) + GRACE_MARGIN_S
+
+    def router_termination_grace(self, longest_request_timeout_ms: int) -> int:
+        """The router's pre-stop pause plus the longest tier deadline plus a margin: a request
+        that arrived just before SIGTERM may take that long (and may retry within it)."""
+        return self.pre_stop_seconds + -(-longest_request_timeout_ms // 1000) + GRACE_MARGIN_S
 
 
 def owner_reference(imd: ImageModelDeployment) -> Manifest:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from duotone_contracts.api.v1alpha1 import ImageModelDeployment
 from duotone_contracts.routing_table import ROUTING_TABLE_FILE, RoutingTable, TierRoute, Traffic
-from duotone_contracts.services import ROUTER_HTTP, TIER_GRPC, TIER_HTTP, TIER_METRICS
+from duotone_contracts.services import (
+    ROUTER_HTTP,
+    ROUTER_METRICS,
+    TIER_GRPC,
+    TIER_HTTP,
+    TIER_METRICS,
+)
 from duotone_operator.render import names
 from duotone_operator.render.objects import (
     CONFIG_MOUNT,
@@ -53,7 +59,14 @@ def routing_table(imd: ImageModelDeployment) -> RoutingTable:
         rate_limit=router.rate_limit,
         max_body_bytes=router.max_body_bytes,
         api_keys_path=API_KEYS_MOUNT if router.api_keys_secret_ref is not None else None,
+        key_tiers={entry.key: tuple(entry.tiers) for entry in router.api_key_tiers},
+        max_pending_per_tier=router.max_pending_per_tier,
     )
+
+
+def longest_request_timeout_ms(imd: ImageModelDeployment) -> int:
+    """The longest deadline of the IMD's tiers: how long the router's last request may take."""
+    return max(t.batching.request_timeout_ms for t in imd.spec.tiers.present().values())
 
 
 def render_router_config_map(imd: ImageModelDeployment) -> Manifest:
@@ -96,12 +109,17 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
             f"{CONFIG_MOUNT}/{ROUTING_TABLE_FILE}",
             "--port",
             str(ROUTER_HTTP.number),
+            "--metrics-port",
+            str(ROUTER_METRICS.number),
         ],
-        "ports": [container_port(ROUTER_HTTP)],
+        "ports": [container_port(ROUTER_HTTP), container_port(ROUTER_METRICS)],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": ROUTER_HTTP.name}, **probe},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": ROUTER_HTTP.name}, **probe},
+        # Endpoints stop routing here during the pause; SIGTERM then stops the listener and
+        # the router finishes its in-flight requests (docs/router.md, "Rollouts and drain").
+        "lifecycle": {"preStop": {"sleep": {"seconds": settings.pre_stop_seconds}}},
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }
@@ -122,7 +140,9 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
                 "spec": {
                     "serviceAccountName": names.router_name(name),
                     "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": settings.router_termination_grace(
+                        longest_request_timeout_ms(imd)
+                    ),
                     "securityContext": restricted_pod_security(),
                     "containers": [container],
                     "volumes": volumes,
@@ -141,7 +161,21 @@ def render_router_service(imd: ImageModelDeployment) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": names.router_selector(name),
-            "ports": [service_port(ROUTER_HTTP)],
+            "ports": [service_port(ROUTER_HTTP), service_port(ROUTER_METRICS)],
+        },
+    }
+
+
+def render_router_pdb(imd: ImageModelDeployment) -> Manifest:
+    """Voluntary disruptions (drains) take one router pod at a time."""
+    name = imd.metadata.name
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_metadata(imd, names.router_name(name), names.router_labels(name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": names.router_selector(name)},
         },
     }
 

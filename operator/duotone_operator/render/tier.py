@@ -196,7 +196,7 @@ def render_tier_deployment(
             "--metrics-port",
             str(TIER_METRICS.number),
             "--exit-timeout-secs",
-            str(settings.exit_timeout_seconds),
+            str(settings.exit_timeout_for(spec.batching.request_timeout_ms)),
         ],
         "ports": [container_port(port) for port in (TIER_HTTP, TIER_GRPC, TIER_METRICS)],
         "env": _env(spec),
@@ -214,7 +214,9 @@ def render_tier_deployment(
         "serviceAccountName": names.runtime_service_account(name),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "terminationGracePeriodSeconds": settings.termination_grace_for(
+            spec.batching.request_timeout_ms
+        ),
         "securityContext": restricted_pod_security(),
         "containers": [container],
         "volumes": volumes,

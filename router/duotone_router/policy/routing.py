@@ -19,7 +19,7 @@ from duotone_contracts.api.v1alpha1 import (
     TierName,
 )
 from duotone_contracts.routing_table import Traffic
-from duotone_router.policy.reasons import Reason
+from duotone_router.policy.reasons import Reason, Refused
 
 MIN_LATENCY_SAMPLES = 5
 """A recent p50 counts only over at least this many requests (one slow image is not a trend)."""
@@ -127,8 +127,11 @@ def choose_tier(
     policy: TrafficPolicy,
     loads: Mapping[TierName, TierLoad],
     draw: float,
+    allowed: frozenset[TierName] | None = None,
 ) -> Route:
-    """Route one request. `loads` holds the tiers this endpoint serves; `draw` is in [0, 1).
+    """Route one request. `loads` holds the tiers this endpoint serves; `draw` is in [0, 1);
+    `allowed` the tiers the client's key may use (None: all), which neither a split nor an
+    overflow leaves.
 
     e.g. 80/20 split, draw 0.9 -> flagship; flagship's queue full and overflow "efficient"
     -> efficient, degraded.
@@ -153,8 +156,37 @@ def choose_tier(
                 f"tier: {requested!r} is not served here; available: {', '.join(present)}",
                 Reason.TIER_NOT_SERVED,
             )
+    if allowed is not None:
+        refusal = _key_refusal(requested, present, allowed)
+        if refusal is not None:
+            return refusal
+        loads = allowed_loads(loads, allowed)
+        present = [tier for tier in present if tier in allowed]
+    if requested is not None:
         return place(requested, "requested", policy, loads)
     return place(split_tier(policy, present, draw), "split", policy, loads)
+
+
+def _key_refusal(
+    requested: TierName | None, present: Sequence[TierName], allowed: frozenset[TierName]
+) -> Route | None:
+    """A request refused because its key may not use the tier it names, or any tier here."""
+    if requested is not None and requested not in allowed:
+        why = f"tier: this API key may not use the {requested} tier"
+        return Route("rejected", None, requested, why, Reason.TIER_NOT_ALLOWED)
+    if not any(tier in allowed for tier in present):
+        why = "this API key may use none of the tiers served here"
+        return Route("rejected", None, None, why, Reason.TIER_NOT_ALLOWED)
+    return None
+
+
+def allowed_loads(
+    loads: Mapping[TierName, TierLoad], allowed: frozenset[TierName] | None
+) -> Mapping[TierName, TierLoad]:
+    """The loads of the tiers a key may use (all with None): what routing and overflow see."""
+    if allowed is None:
+        return loads
+    return {tier: load for tier, load in loads.items() if tier in allowed}
 
 
 def place(
@@ -205,6 +237,21 @@ def place(
     )
 
 
+def pending_refusal(tier: str, pending: int, max_pending: int) -> Refused | None:
+    """Refuse a request that would wait for a pod of `tier` while `pending` already do, when
+    that reaches `max_pending` (the routing table's cap per tier); None: it may wait.
+
+    e.g. cap 256: the 257th request waiting for a tier at zero gets 503 + Retry-After at once,
+    so a burst against a tier with no pod costs the router bounded memory.
+    """
+    if pending < max_pending:
+        return None
+    return Refused(
+        Reason.TIER_SATURATED,
+        f"the {tier} tier has no pod free and {pending} requests are already waiting for one",
+    )
+
+
 @dataclass(frozen=True)
 class BackendLoad:
     """One pod of a tier as the router sees it."""
@@ -212,7 +259,7 @@ class BackendLoad:
     address: str
     outstanding: int
     available: bool = True
-    """False while the pod is ejected after a failed connection."""
+    """False while the pod is ejected (`policy.outliers`)."""
 
 
 def pick_backend(

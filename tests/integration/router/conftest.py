@@ -60,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 def router_metric(stack: LocalStack, name: str, **labels: str) -> float:
     assert stack.router is not None
-    return metric_sum(scrape_metrics(f"{stack.router.url}/metrics"), name, **labels)
+    return metric_sum(scrape_metrics(stack.router.metrics_url), name, **labels)
 
 
 def triton_requests(stack: LocalStack) -> float:

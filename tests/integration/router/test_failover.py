@@ -1,5 +1,6 @@
-"""A tier pod dies or drains under load: requests it never accepted are retried on the other
-pod; a draining pod (SIGTERM) finishes what it had accepted, so nothing fails."""
+"""A tier pod dies or drains under load: nothing fails. A draining pod (SIGTERM) finishes what
+it had accepted and the router retries what it refused on the other pod; what a killed pod had
+accepted is retried there too (generation is stateless)."""
 
 from __future__ import annotations
 
@@ -68,15 +69,11 @@ def test_draining_a_pod_under_load_fails_nothing(pair: LocalStack) -> None:
     assert survivor.metric("nv_inference_request_success") > 0
 
 
-def test_killing_a_pod_under_load_fails_only_what_it_had_accepted(pair: LocalStack) -> None:
-    concurrency = 6
+def test_killing_a_pod_under_load_fails_nothing(pair: LocalStack) -> None:
     # Kill once the victim is serving (its Triton counted successes), mid-load.
-    answers, killed = asyncio.run(load_and_signal(pair, signal.SIGKILL, concurrency))
-    failed = [a for a in answers if a.status != 200]
-    # Only requests already sent to the victim when it died may fail: at most one per slot.
-    assert len(failed) <= concurrency, [a.body for a in failed]
-    assert all(a.started < killed + 0.5 for a in failed), "a request sent after the kill failed"
-    assert all(a.status == 502 for a in failed), [a.status for a in failed]
-    # Requests that met the dead pod before it was ejected went to the other one instead.
+    answers, killed = asyncio.run(load_and_signal(pair, signal.SIGKILL, concurrency=6))
+    # Calls cut by the kill ("Socket closed") and calls that met the dead pod before it was
+    # ejected ("failed to connect") were retried once on the other pod.
+    assert [(a.status, a.body) for a in answers if a.status != 200] == []
     assert router_metric(pair, "duotone_router_backend_retries_total", tier="efficient") >= 1
     assert sum(a.status == 200 for a in answers if a.started > killed + 0.5) > 0

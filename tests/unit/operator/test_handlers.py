@@ -83,6 +83,7 @@ def test_create_applies_every_child_hands_replicas_over_and_reports_status(
     assert kinds == [
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "Role",
         "RoleBinding",

@@ -29,7 +29,13 @@ def test_secrets_are_never_written_listed_or_watched() -> None:
 
 
 def test_children_can_be_applied_and_deleted_but_pods_are_not_touched() -> None:
-    for resource in ("deployments", "services", "configmaps", "poddisruptionbudgets"):
+    for resource in (
+        "deployments",
+        "services",
+        "configmaps",
+        "poddisruptionbudgets",
+        "networkpolicies",
+    ):
         assert {"get", "list", "create", "patch", "delete"} <= _grants(resource), resource
     assert _grants("pods") == set()
     assert _grants("imagemodeldeployments") & WRITE_VERBS == {"patch"}

@@ -64,6 +64,9 @@ def test_two_tier_children_are_complete_and_owned() -> None:
             ("Service", "sd-router"),
             ("PodDisruptionBudget", "sd-efficient"),
             ("PodDisruptionBudget", "sd-flagship"),
+            ("PodDisruptionBudget", "sd-router"),
+            ("NetworkPolicy", "sd-tiers"),
+            ("NetworkPolicy", "sd-router"),
             ("Deployment", "sd-efficient"),
             ("Deployment", "sd-flagship"),
             ("Deployment", "sd-router"),
@@ -279,3 +282,113 @@ def test_router_may_only_read_endpointslices_of_its_namespace() -> None:
         {"kind": "ServiceAccount", "name": "sd-router", "namespace": "images"}
     ]
     assert binding["roleRef"]["name"] == "sd-router"
+
+
+def _pod_selected(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_tier_pods_accept_only_their_router_and_the_scrapers() -> None:
+    settings = RenderSettings(scraper_namespaces=("duotone-system", "monitoring"))
+    children = _by_kind_name(
+        render_children(_deployed(imd("sd").tier("efficient").tier("flagship").build()), settings)
+    )
+    policy = children[("NetworkPolicy", "sd-tiers")]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    for tier in ("sd-efficient", "sd-flagship"):
+        assert _pod_selected(policy, _pod(list(children.values()), tier)["metadata"]["labels"])
+    assert not _pod_selected(
+        policy, _pod(list(children.values()), "sd-router")["metadata"]["labels"]
+    )
+    triton, metrics = policy["spec"]["ingress"]
+    assert {p["port"] for p in triton["ports"]} == {8000, 8001}
+    (router_peer,) = triton["from"]
+    router_labels = _pod(list(children.values()), "sd-router")["metadata"]["labels"]
+    assert router_peer["podSelector"]["matchLabels"].items() <= router_labels.items()
+    assert "namespaceSelector" not in router_peer  # this namespace only
+    # Another IMD's router in the same namespace is not that peer.
+    assert router_peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "sd"
+    assert [p["port"] for p in metrics["ports"]] == [8002]
+    assert [peer["namespaceSelector"]["matchLabels"] for peer in metrics["from"]] == [
+        {"kubernetes.io/metadata.name": "duotone-system"},
+        {"kubernetes.io/metadata.name": "monitoring"},
+    ]
+
+
+def test_router_pods_take_clients_on_the_endpoint_and_scrapers_on_metrics() -> None:
+    clients = ({"namespaceSelector": {"matchLabels": {"team": "search"}}},)
+    settings = RenderSettings(scraper_namespaces=("monitoring",), router_ingress_from=clients)
+    children = _by_kind_name(
+        render_children(_deployed(imd("sd").tier("efficient").build()), settings)
+    )
+    policy = children[("NetworkPolicy", "sd-router")]
+    endpoint, metrics = policy["spec"]["ingress"]
+    assert [p["port"] for p in endpoint["ports"]] == [8080]
+    assert endpoint["from"] == list(clients)
+    assert [p["port"] for p in metrics["ports"]] == [9090]
+    open_to_all = _by_kind_name(
+        render_children(_deployed(imd("sd").tier("efficient").build()), SETTINGS)
+    )[("NetworkPolicy", "sd-router")]
+    endpoint, metrics = open_to_all["spec"]["ingress"]
+    assert "from" not in endpoint  # any source may call the endpoint by default
+    assert metrics["from"] == [{"namespaceSelector": {}}]
+
+
+def test_no_policies_when_the_operator_renders_none() -> None:
+    children = render_children(
+        _deployed(imd("sd").tier("efficient").build()), RenderSettings(network_policies=False)
+    )
+    assert not [c for c in children if c["kind"] == "NetworkPolicy"]
+
+
+def test_router_drains_for_its_longest_deadline_and_serves_metrics_apart() -> None:
+    manifest = imd("sd").tier("efficient").tier("flagship").batching(requestTimeoutMs=90000).build()
+    children = render_children(_deployed(manifest), SETTINGS)
+    spec = _pod(children, "sd-router")["spec"]
+    (container,) = spec["containers"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + 90 + 5
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": 8080,
+        "metrics": 9090,
+    }
+    assert container["args"][container["args"].index("--metrics-port") + 1] == "9090"
+    service = _by_kind_name(children)[("Service", "sd-router")]
+    assert {p["name"] for p in service["spec"]["ports"]} == {"http", "metrics"}
+    pdb = _by_kind_name(children)[("PodDisruptionBudget", "sd-router")]
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_a_tier_queue_always_drains_within_its_exit_timeout() -> None:
+    # The flagship's requests may wait 120 s in the queue: its exit timeout covers that, so a
+    # rollout never cuts a queued request; the efficient tier keeps the operator's 30 s.
+    children = render_children(
+        _deployed(imd("sd").tier("efficient").tier("flagship").build()), SETTINGS
+    )
+    for tier, expected in (("sd-efficient", 30), ("sd-flagship", 120)):
+        spec = _pod(children, tier)["spec"]
+        (container,) = spec["containers"]
+        exit_timeout = int(container["args"][container["args"].index("--exit-timeout-secs") + 1])
+        assert exit_timeout == expected
+        pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pre_stop + exit_timeout < spec["terminationGracePeriodSeconds"]
+
+
+def test_router_config_carries_key_tiers_and_the_pending_cap() -> None:
+    manifest = (
+        imd("sd")
+        .tier("efficient")
+        .tier("flagship")
+        .router(
+            apiKeysSecretRef={"name": "keys"},
+            apiKeyTiers=[{"key": "batch", "tiers": ["efficient"]}],
+            maxPendingPerTier=32,
+            rateLimit={"requestsPerMinutePerKey": 60, "costPerMinutePerKey": 500},
+        )
+        .build()
+    )
+    children = _by_kind_name(render_children(_deployed(manifest), SETTINGS))
+    table = yaml.safe_load(children[("ConfigMap", "sd-router-config")]["data"]["router.json"])
+    assert table["keyTiers"] == {"batch": ["efficient"]}
+    assert table["maxPendingPerTier"] == 32
+    assert table["rateLimit"] == {"requestsPerMinutePerKey": 60, "costPerMinutePerKey": 500}

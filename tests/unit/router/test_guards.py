@@ -18,7 +18,7 @@ from duotone_contracts.api.v1alpha1 import (
 )
 from duotone_contracts.routing_table import TierRoute
 from duotone_contracts.services import addresses_from_slices
-from duotone_contracts.triton import DRAINING_REFUSAL
+from duotone_contracts.triton import DRAINING_REFUSAL, MODEL_FAILED_REFUSAL
 from duotone_router.backends import Failure, classify
 from duotone_router.config import ConfigError, parse_static_backends
 from duotone_router.guards import ANONYMOUS, RateLimiter, authenticate, read_body
@@ -48,7 +48,7 @@ TIER = TierRoute(
 
 
 def test_bucket_allows_the_burst_then_says_when_to_retry() -> None:
-    bucket = TokenBucket.full(requests_per_minute=60, burst=3, now=0.0)
+    bucket = TokenBucket.full(per_minute=60, burst=3, now=0.0)
     for _ in range(3):
         admission, bucket = take(bucket, 0.0)
         assert admission.allowed
@@ -61,7 +61,7 @@ def test_bucket_allows_the_burst_then_says_when_to_retry() -> None:
 @given(st.lists(st.floats(0, 5), max_size=60), st.integers(1, 600), st.integers(1, 20))
 def test_bucket_never_admits_more_than_burst_plus_refill(gaps, per_minute, burst) -> None:  # type: ignore[no-untyped-def]
     bucket, now, admitted = (
-        TokenBucket.full(requests_per_minute=per_minute, burst=burst, now=0.0),
+        TokenBucket.full(per_minute=per_minute, burst=burst, now=0.0),
         0.0,
         0,
     )
@@ -247,6 +247,12 @@ def test_unknown_model_is_404_model_not_found() -> None:
         ),
         pytest.param(
             "StatusCode.UNAVAILABLE",
+            MODEL_FAILED_REFUSAL,
+            Failure.CONNECT,
+            id="a pod whose model failed refused it: try another",
+        ),
+        pytest.param(
+            "StatusCode.UNAVAILABLE",
             "Socket closed",
             Failure.OTHER,
             id="dropped after sending is not retried",
@@ -367,8 +373,12 @@ def test_body_guard_refuses_a_declared_size_without_reading() -> None:
     [pytest.param(1024, True, id="at the limit"), pytest.param(1025, False, id="one byte over")],
 )
 def test_body_guard_counts_what_arrives_without_a_declared_size(size: int, allowed: bool) -> None:
-    async def read(n: int) -> bytes:
-        return b"x" * min(n, size)
+    left = [size]
+
+    async def read(n: int) -> bytes:  # what has arrived, then b"" at the end (StreamReader.read)
+        taken = min(n, left[0])
+        left[0] -= taken
+        return b"x" * taken
 
     if allowed:
         assert asyncio.run(read_body(None, read, limit=1024)) == b"x" * size

@@ -16,6 +16,7 @@ from duotone_router.policy.routing import (
     TierLoad,
     TrafficPolicy,
     choose_tier,
+    pending_refusal,
     pick_backend,
 )
 
@@ -315,6 +316,13 @@ def test_efficient_never_overflows_to_flagship_by_default(
             id="a pod already tried is skipped",
         ),
         pytest.param([BackendLoad("a", 0)], frozenset({"a"}), 0, None, id="nothing left"),
+        pytest.param(
+            [BackendLoad("a", 0, available=False), BackendLoad("b", 0)],
+            frozenset({"b"}),
+            0,
+            None,
+            id="a retry finds no other pod when the rest are ejected",
+        ),
     ],
 )
 def test_pick_backend(backends, exclude, turn, picked) -> None:  # type: ignore[no-untyped-def]
@@ -334,3 +342,77 @@ def test_latency_window_needs_enough_recent_samples() -> None:
 def test_traffic_policy_refuses_impossible_percent() -> None:
     with pytest.raises(ValueError, match="between 0 and 100"):
         TrafficPolicy(efficient_percent=101)
+
+
+@pytest.mark.parametrize(
+    ("pending", "cap", "refused"),
+    [
+        pytest.param(0, 256, False, id="the first request may wait"),
+        pytest.param(255, 256, False, id="the 256th request may wait"),
+        pytest.param(256, 256, True, id="the 257th request is refused at once"),
+        pytest.param(0, 0, True, id="a cap of 0 refuses every wait"),
+    ],
+)
+def test_pending_cap(pending: int, cap: int, refused: bool) -> None:
+    refusal = pending_refusal("flagship", pending, cap)
+    assert (refusal is not None) is refused
+    if refusal is not None:
+        # 503 + Retry-After through the one answers table; the message names the tier.
+        assert refusal.reason is Reason.TIER_SATURATED
+        assert "flagship" in refusal.message
+
+
+@pytest.mark.parametrize(
+    ("requested", "allowed", "loads", "draw", "tier", "refusal"),
+    [
+        pytest.param(
+            "flagship",
+            frozenset({"efficient"}),
+            BOTH,
+            0.5,
+            None,
+            Reason.TIER_NOT_ALLOWED,
+            id="a key naming a tier it may not use is refused",
+        ),
+        pytest.param(
+            None,
+            frozenset({"efficient"}),
+            BOTH,
+            0.99,
+            "efficient",
+            None,
+            id="a key limited to efficient never draws flagship",
+        ),
+        pytest.param(
+            None,
+            frozenset({"flagship"}),
+            {"efficient": OK, "flagship": FULL},
+            0.1,
+            None,
+            Reason.TIER_SATURATED,
+            id="a key limited to flagship never overflows to efficient",
+        ),
+        pytest.param(
+            None,
+            frozenset({"flagship"}),
+            {"efficient": OK},
+            0.1,
+            None,
+            Reason.TIER_NOT_ALLOWED,
+            id="a key that may use no tier served here is refused",
+        ),
+        pytest.param(
+            "flagship",
+            None,
+            BOTH,
+            0.1,
+            "flagship",
+            None,
+            id="a key without restrictions uses every tier",
+        ),
+    ],
+)
+def test_key_tier_restrictions(requested, allowed, loads, draw, tier, refusal) -> None:  # noqa: PLR0917  # type: ignore[no-untyped-def]
+    route = choose_tier(requested, SPLIT, loads, draw, allowed)
+    assert route.tier == tier
+    assert route.refusal == refusal

@@ -14,11 +14,15 @@ import pytest
 from duotone_contracts.tier import parse_tier_document
 from duotone_runtime.cpu_threads import MODEL_THREADS_ENV, THREAD_POOL_ENV
 from duotone_runtime.launcher import (
+    RESTRICTED_APIS,
     STUB,
     ServeOptions,
     TritonInstall,
     TritonNotFoundError,
     find_tritonserver,
+    loggable_command,
+    model_parameters,
+    prepare,
     prepare_backends,
     python_version_tag,
     server_command,
@@ -57,17 +61,29 @@ OPTIONS = ServeOptions(
         pytest.param("--metrics-port=18002", id="metrics port"),
         pytest.param("--metrics-address=127.0.0.1", id="metrics on the listen address"),
         pytest.param("--allow-gpu-metrics=false", id="no GPU metrics on cpu"),
+        pytest.param(
+            "--http-restricted-api=shared-memory,model-repository,model-config,trace,logging:"
+            "duotone-restricted-api=k",
+            id="http APIs the gate does not serve are restricted",
+        ),
+        pytest.param(
+            "--grpc-restricted-protocol=shared-memory,model-repository,model-config,trace,"
+            "logging:duotone-restricted-api=k",
+            id="grpc APIs the gate does not serve are restricted",
+        ),
     ],
 )
 def test_server_command_has(flag: str) -> None:
-    command = server_command(OPTIONS, Path("/bin/tritonserver"), Path("/repo"), Path("/backends"))
+    command = server_command(
+        OPTIONS, Path("/bin/tritonserver"), Path("/repo"), Path("/backends"), restricted_key="k"
+    )
     assert command[0] == "/bin/tritonserver"
     assert flag in command
 
 
 def test_triton_never_listens_on_the_public_http_or_grpc_ports() -> None:
     public = ServeOptions(tier=OPTIONS.tier, device="cpu", triton_http_port=1, triton_grpc_port=2)
-    command = server_command(public, Path("/t"), Path("/r"), Path("/b"))
+    command = server_command(public, Path("/t"), Path("/r"), Path("/b"), restricted_key="k")
     assert "--http-address=127.0.0.1" in command
     assert "--metrics-address=0.0.0.0" in command
     assert not {"--http-port=8000", "--grpc-port=8001"} & set(command)
@@ -75,10 +91,52 @@ def test_triton_never_listens_on_the_public_http_or_grpc_ports() -> None:
 
 def test_each_server_gets_its_own_shared_memory_prefix() -> None:
     def prefix() -> str:
-        command = server_command(OPTIONS, Path("/t"), Path("/r"), Path("/b"))
+        command = server_command(OPTIONS, Path("/t"), Path("/r"), Path("/b"), restricted_key="k")
         return next(c for c in command if "shm-region-prefix-name" in c)
 
     assert prefix() != prefix()
+
+
+def test_the_gates_apis_are_never_restricted() -> None:
+    assert not {"health", "metadata", "inference", "statistics"} & set(RESTRICTED_APIS)
+
+
+def test_the_restricted_api_key_is_not_logged() -> None:
+    command = server_command(OPTIONS, Path("/t"), Path("/r"), Path("/b"), restricted_key="s3cret")
+    shown = loggable_command(command)
+    assert "s3cret" not in " ".join(shown)
+    assert (
+        "--http-restricted-api=shared-memory,model-repository,model-config,trace,logging:"
+        "duotone-restricted-api=<random>"
+    ) in shown
+    assert len(shown) == len(command)
+
+
+def test_every_start_gets_a_new_restricted_api_key(tmp_path: Path) -> None:
+    install = TritonInstall(Path("/t"), tmp_path / "backends", "explicit")
+    (tmp_path / "backends" / "python").mkdir(parents=True)
+    (tmp_path / "backends" / "python" / STUB).write_text("")
+
+    def key() -> str:
+        command = prepare(OPTIONS, tmp_path / "work", install)
+        flag = next(c for c in command if c.startswith("--http-restricted-api="))
+        return flag.rsplit("=", 1)[1]
+
+    first, second = key(), key()
+    assert first != second
+    assert len(first) >= 32
+
+
+def test_prepare_clears_a_health_file_left_by_an_earlier_start(tmp_path: Path) -> None:
+    install = TritonInstall(Path("/t"), tmp_path / "backends", "explicit")
+    (tmp_path / "backends" / "python").mkdir(parents=True)
+    (tmp_path / "backends" / "python" / STUB).write_text("")
+    health = tmp_path / "model-health.json"
+    health.write_text('{"failed": "device error"}')
+    options = ServeOptions(tier=OPTIONS.tier, device="cpu", health_file=health)
+    prepare(options, tmp_path / "work", install)
+    assert not health.exists()
+    assert model_parameters(options)["health_file"] == str(health)
 
 
 def test_environment_puts_this_interpreter_first() -> None:
