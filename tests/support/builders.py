@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any, Self
 
+from duotone_contracts.api.v1alpha1 import RequestDefaults, RequestLimits, SLOSpec
+from duotone_contracts.routing_table import TierRoute
+
 
 class IMDBuilder:
     """Builds an ImageModelDeployment manifest."""
@@ -100,3 +103,20 @@ class IMDBuilder:
 def imd(name: str, image: str = "duotone-runtime:dev") -> IMDBuilder:
     """Start building an ImageModelDeployment manifest."""
     return IMDBuilder(name, image)
+
+
+def small_tier_route() -> TierRoute:
+    """A routing-table entry for the efficient tier of IMD `sd`: defaults 2 steps at 64x64,
+    limits 4 steps, 256x256, 2 images (the router's unit tests)."""
+    return TierRoute(
+        service="sd-efficient",
+        host="sd-efficient.ns.svc",
+        grpc_port=8001,
+        http_port=8000,
+        metrics_port=8002,
+        defaults=RequestDefaults(steps=2, width=64, height=64),
+        limits=RequestLimits(max_steps=4, max_width=256, max_height=256, max_images_per_request=2),
+        slo=SLOSpec(),
+        request_timeout_ms=10000,
+        max_queue_size=16,
+    )

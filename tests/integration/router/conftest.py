@@ -29,6 +29,16 @@ from tests.support import presets
 from tests.support.builders import IMDBuilder
 from tests.support.cluster import wait_for
 
+TIGHT = {
+    "maxSteps": 2,
+    "maxWidth": 64,
+    "maxHeight": 64,
+    "maxGuidanceScale": 20.0,
+    "maxImagesPerRequest": 1,
+    "maxPromptLength": 200,
+}
+"""Router limits under which every valid request is one cheap 64x64 image (the fuzz tests)."""
+
 
 def start_stack(
     workdir: Path, builder: IMDBuilder, pods: dict[str, int] | None = None

@@ -9,16 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from duotone_testbed.stack import LocalStack
-from tests.integration.router.conftest import reconfigure
-
-TIGHT = {
-    "maxSteps": 2,
-    "maxWidth": 64,
-    "maxHeight": 64,
-    "maxGuidanceScale": 20.0,
-    "maxImagesPerRequest": 1,
-    "maxPromptLength": 200,
-}
+from tests.integration.router.conftest import TIGHT, reconfigure
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,11 @@ import pytest
 
 from duotone_testbed import fuzz
 from duotone_testbed.stack import LocalStack
-from tests.integration.router.conftest import reconfigure, router_metric, triton_requests
+from tests.integration.router.conftest import TIGHT, reconfigure, router_metric, triton_requests
 
 KEY = "k-hostile-0123456789"
 AUTHORIZATION = f"Bearer {KEY}"
 
-TIGHT = {
-    "maxSteps": 2,
-    "maxWidth": 64,
-    "maxHeight": 64,
-    "maxGuidanceScale": 20.0,
-    "maxImagesPerRequest": 1,
-    "maxPromptLength": 200,
-}
 
 TEMPLATE = {
     "prompt": "a red cube",

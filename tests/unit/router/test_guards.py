@@ -12,11 +12,7 @@ from hypothesis import strategies as st
 
 from duotone_contracts.api.v1alpha1 import (
     RateLimitSpec,
-    RequestDefaults,
-    RequestLimits,
-    SLOSpec,
 )
-from duotone_contracts.routing_table import TierRoute
 from duotone_contracts.services import addresses_from_slices
 from duotone_contracts.triton import DRAINING_REFUSAL, MODEL_FAILED_REFUSAL
 from duotone_router.backends import Failure, classify
@@ -32,19 +28,9 @@ from duotone_router.keys import bearer_token, load_api_keys
 from duotone_router.policy.ratelimit import TokenBucket, take
 from duotone_router.policy.reasons import Reason, Refused
 from duotone_router.responses import error_answer
+from tests.support.builders import small_tier_route
 
-TIER = TierRoute(
-    service="sd-efficient",
-    host="sd-efficient.ns.svc",
-    grpc_port=8001,
-    http_port=8000,
-    metrics_port=8002,
-    defaults=RequestDefaults(steps=2, width=64, height=64),
-    limits=RequestLimits(max_steps=4, max_width=256, max_height=256, max_images_per_request=2),
-    slo=SLOSpec(),
-    request_timeout_ms=10000,
-    max_queue_size=16,
-)
+TIER = small_tier_route()
 
 
 def test_bucket_allows_the_burst_then_says_when_to_retry() -> None:

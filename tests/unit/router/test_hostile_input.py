@@ -15,9 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duotone_contracts.api.v1alpha1 import RequestDefaults, RequestLimits, SLOSpec
 from duotone_contracts.limits import GenerationRequest
-from duotone_contracts.routing_table import TierRoute
 from duotone_router.guards import authenticate, read_body
 from duotone_router.images import (
     MAX_JSON_CONTAINERS,
@@ -31,24 +29,14 @@ from duotone_router.keys import load_api_keys
 from duotone_router.policy.reasons import Reason, Refused
 from duotone_router.responses import error_answer
 from duotone_testbed import fuzz
+from tests.support.builders import small_tier_route
 
 pytestmark = pytest.mark.unit
 
 LIMIT = 65536
 """The default router.maxBodyBytes."""
 
-TIER = TierRoute(
-    service="sd-efficient",
-    host="sd-efficient.ns.svc",
-    grpc_port=8001,
-    http_port=8000,
-    metrics_port=8002,
-    defaults=RequestDefaults(steps=2, width=64, height=64),
-    limits=RequestLimits(max_steps=4, max_width=256, max_height=256, max_images_per_request=2),
-    slo=SLOSpec(),
-    request_timeout_ms=10000,
-    max_queue_size=16,
-)
+TIER = small_tier_route()
 
 DIGITS_5000 = "9" * 5000
 
