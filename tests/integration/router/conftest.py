@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from duotone_contracts.api.v1alpha1 import TierName
 from duotone_contracts.api.validation import parse_imd
 from duotone_runtime.launcher import TritonNotFoundError, find_tritonserver
 from duotone_testbed.clients import metric_sum, scrape_metrics
@@ -41,7 +42,7 @@ TIGHT = {
 
 
 def start_stack(
-    workdir: Path, builder: IMDBuilder, pods: dict[str, int] | None = None
+    workdir: Path, builder: IMDBuilder, pods: dict[TierName, int] | None = None
 ) -> LocalStack:
     try:
         find_tritonserver(None)
@@ -53,9 +54,17 @@ def start_stack(
         parse_imd(manifest),
         workdir,
         pods=pods,
-        router_args=["--seed=20261122"],  # type: ignore[arg-type]
+        router_args=["--seed=20261122"],
     )
     return stack.start()
+
+
+def start_efficient_pair(workdir: Path, name: str) -> LocalStack:
+    """Two efficient pods of the tiny pipeline behind a router (no flagship, no split)."""
+    builder = presets.tiny_pair(name)
+    builder._spec["tiers"].pop("flagship")
+    builder._spec.pop("traffic")
+    return start_stack(workdir, builder, pods={"efficient": 2})
 
 
 @pytest.fixture(scope="package")

@@ -17,18 +17,14 @@ from tests.integration.router.conftest import (
     Answer,
     post_many,
     router_metric,
-    start_stack,
+    start_efficient_pair,
 )
-from tests.support import presets
 
 
 @pytest.fixture
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """Two efficient pods behind a router (no flagship); a fresh pair for each test."""
-    builder = presets.tiny_pair("pair")
-    builder._spec["tiers"].pop("flagship")
-    builder._spec.pop("traffic")
-    started = start_stack(tmp_path_factory.mktemp("pair"), builder, pods={"efficient": 2})
+    started = start_efficient_pair(tmp_path_factory.mktemp("pair"), "pair")
     try:
         yield started
     finally:

@@ -26,8 +26,12 @@ from duotone_runtime.launcher import free_port
 from duotone_testbed.clients import metric_sum, scrape_metrics
 from duotone_testbed.local import stop_process
 from duotone_testbed.stack import LocalRouter, LocalStack
-from tests.integration.router.conftest import Answer, post_many, router_metric, start_stack
-from tests.support import presets
+from tests.integration.router.conftest import (
+    Answer,
+    post_many,
+    router_metric,
+    start_efficient_pair,
+)
 from tests.support.builders import imd
 from tests.support.cluster import wait_for
 
@@ -40,10 +44,7 @@ QUIET_AFTER_S = 5.0
 @pytest.fixture
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """Two efficient pods (1 step, 64x64) behind a router; a fresh pair for each test."""
-    builder = presets.tiny_pair("faulty")
-    builder._spec["tiers"].pop("flagship")
-    builder._spec.pop("traffic")
-    started = start_stack(tmp_path_factory.mktemp("faulty"), builder, pods={"efficient": 2})
+    started = start_efficient_pair(tmp_path_factory.mktemp("faulty"), "faulty")
     try:
         yield started
     finally:
