@@ -89,11 +89,20 @@ random per start and known to no one, so the restricted APIs are closed, not gua
 _RESTRICTED_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports `free_port` returned in this process: a child may not have bound one yet, so the
+kernel could offer it again."""
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now, never one this process was given before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _layout(binary: Path, origin: str) -> TritonInstall:
