@@ -223,6 +223,10 @@ CHILDREN_APPLIED: Final = Metric(
 CHILDREN_DELETED: Final = Metric(
     "duotone_operator_children_deleted_total", "Child objects deleted (removed tiers).", (KIND,)
 )
+REPAIRS: Final = Metric(
+    "duotone_operator_drift_repairs_total",
+    "Repairs of children deleted or edited out of band (each restores one IMD's drifted children).",
+)
 WATCH_STALE: Final = Metric(
     "duotone_operator_watch_stale_objects",
     "IMDs whose latest version the watch has not delivered within the grace period.",

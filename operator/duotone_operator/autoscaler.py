@@ -1,8 +1,10 @@
 """The autoscaler's shell: read metrics, ask `policy.autoscaling`, patch `/scale`, report.
 
-A Kopf timer calls `Autoscaler.tick` per IMD every `--autoscale-interval-seconds`. Decisions
-are made by the pure core; this module only gathers observations, applies the decisions and
-reports them (status fields, a Normal event per scale, operator metrics).
+`Autoscaler.run` ticks every IMD the watch knows every `--autoscale-interval-seconds`, one
+operator-wide loop rather than a Kopf timer per IMD: a timer would make Kopf put its finalizer
+on every IMD, and an IMD could then not be deleted while the operator is down or uninstalled.
+Decisions are made by the pure core; this module only gathers observations, applies the
+decisions and reports them (status fields, a Normal event per scale, operator metrics).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +23,7 @@ import aiohttp
 from duotone_contracts.api.v1alpha1 import ImageModelDeployment, TierName
 from duotone_contracts.api.validation import InvalidSpecError, parse_imd
 from duotone_operator.adapters import telemetry
-from duotone_operator.adapters.cluster import Cluster
+from duotone_operator.adapters.cluster import Cluster, ClusterError
 from duotone_operator.adapters.metric_sources import (
     DirectSource,
     MetricSource,
@@ -97,6 +99,48 @@ class Autoscaler:
                 with contextlib.suppress(KeyError):
                     gauge.remove(*key)
         self.written.pop((namespace, name), None)
+
+    async def run(
+        self,
+        bodies: Callable[[], Sequence[Mapping[str, Any]]],
+        interval_seconds: float,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Tick every IMD in `bodies()` every `interval_seconds`, until cancelled.
+
+        Rounds start on a fixed cadence; an IMD whose previous tick is still running (a slow
+        metrics source) is skipped this round rather than ticked twice at once.
+        """
+        running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        started = time.monotonic()
+        try:
+            while True:
+                current = set()
+                for body in bodies():
+                    metadata = body.get("metadata") or {}
+                    key = (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+                    current.add(key)
+                    task = running.get(key)
+                    if task is None or task.done():
+                        running[key] = asyncio.create_task(self.tick_reporting(body, clock()))
+                for key in [k for k, t in running.items() if k not in current and t.done()]:
+                    del running[key]
+                elapsed = time.monotonic() - started
+                await asyncio.sleep(interval_seconds - elapsed % interval_seconds)
+        finally:
+            for task in running.values():
+                task.cancel()
+
+    async def tick_reporting(self, body: Mapping[str, Any], now: float) -> None:
+        """One tick whose API or network failure is logged and counted: the next retries, and
+        nothing is decided on half a picture."""
+        try:
+            await self.tick(body, now)
+        except (ClusterError, OSError, TimeoutError, aiohttp.ClientError) as exc:
+            metadata = body.get("metadata") or {}
+            telemetry.SCALE_ERRORS.labels(metadata.get("namespace", "")).inc()
+            log.warning("autoscaler round for %s failed: %s", metadata.get("name"), exc)
 
     async def tick(self, body: Mapping[str, Any], now: float) -> dict[TierName, ScaleDecision]:
         """One round for one IMD; returns the decisions (empty when there is nothing to do)."""

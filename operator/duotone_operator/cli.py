@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from duotone_operator import handlers
 from duotone_operator.adapters import telemetry
+from duotone_operator.adapters.cluster import ClusterError
 from duotone_operator.adapters.kubernetes import KubernetesCluster, client_configuration
 from duotone_operator.autoscaler import Autoscaler
 from duotone_operator.policy.freshness import WatchFreshness
@@ -150,18 +151,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve_health(
-    context: handlers.OperatorContext, namespaces: list[str], port: int
-) -> web.AppRunner:
-    """/healthz fails when the IMD watch lags the API server (or the API is unreachable)."""
+def watch_check_period(grace_seconds: float) -> float:
+    """How often the background check lists IMDs: a third of the grace period, 1 to 30 s."""
+    return max(1.0, min(30.0, grace_seconds / 3))
+
+
+async def _check_watch_once(context: handlers.OperatorContext, namespaces: list[str]) -> None:
+    """List IMD versions and compare them with what the watch delivered (`policy.freshness`).
+    A failed list decides nothing: an API-server outage is not a dead watch, and restarting
+    the operator would not bring the API server back."""
+    try:
+        listed = await asyncio.to_thread(context.cluster.list_imd_versions, namespaces)
+    except ClusterError as exc:
+        log.info("watch check skipped: %s", exc.message)
+        return
+    stale = context.freshness.check(listed, time.monotonic())
+    telemetry.WATCH_STALE.set(len(stale))
+
+
+async def _check_watch_forever(
+    context: handlers.OperatorContext, namespaces: list[str], period_seconds: float
+) -> None:
+    """`_check_watch_once` every `period_seconds`, whatever the probes do."""
+    while True:
+        await _check_watch_once(context, namespaces)
+        await asyncio.sleep(period_seconds)
+
+
+async def _serve_health(context: handlers.OperatorContext, port: int) -> web.AppRunner:
+    """/healthz fails only when the IMD watch lags the API server (the last background check's
+    verdict: a probe makes no API call)."""
 
     async def healthz(_: web.Request) -> web.Response:
-        try:
-            listed = await asyncio.to_thread(context.cluster.list_imd_versions, namespaces)
-        except Exception as exc:  # any failure to reach the API is "not healthy"
-            return web.Response(status=503, text=f"cannot list ImageModelDeployments: {exc}\n")
-        stale = context.freshness.stale(listed, time.monotonic())
-        telemetry.WATCH_STALE.set(len(stale))
+        stale = context.freshness.last_stale
         if stale:
             return web.Response(status=503, text=f"watch stale for {len(stale)} objects\n")
         return web.Response(text="ok\n")
@@ -195,11 +217,22 @@ async def run(args: argparse.Namespace) -> None:
         watch_server_timeout=args.watch_timeout_seconds,
         workers=args.workers,
     )
+    handlers.register_child_watches()
+    background: list[asyncio.Task[None]] = [
+        asyncio.create_task(handlers.repair_forever(context)),
+        asyncio.create_task(
+            _check_watch_forever(context, namespaces, watch_check_period(args.watch_grace_seconds))
+        ),
+    ]
     if args.autoscale_interval_seconds > 0:
         context.autoscaler = Autoscaler(context.cluster, observed=context.observed)
-        handlers.register_autoscaler(args.autoscale_interval_seconds)
+        background.append(
+            asyncio.create_task(
+                context.autoscaler.run(context.imd_bodies, args.autoscale_interval_seconds)
+            )
+        )
     start_http_server(args.metrics_port)
-    runner = await _serve_health(context, namespaces, args.health_port)
+    runner = await _serve_health(context, args.health_port)
     log.info(
         "watching %s; metrics on :%d, health on :%d",
         ", ".join(namespaces) or "all namespaces",
@@ -214,6 +247,8 @@ async def run(args: argparse.Namespace) -> None:
             memo=kopf.Memo(context=context),
         )
     finally:
+        for task in background:
+            task.cancel()
         await runner.cleanup()
         if context.autoscaler is not None:
             await context.autoscaler.close()

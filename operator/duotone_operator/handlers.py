@@ -7,7 +7,10 @@ handlers call the `Cluster` Protocol only, so tests run them against an in-memor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,32 +19,39 @@ from typing import Any
 
 import kopf
 
-from duotone_contracts.api.v1alpha1 import GROUP, PLURAL, VERSION
+from duotone_contracts.api.v1alpha1 import GROUP, PLURAL, VERSION, ImageModelDeployment, TierName
 from duotone_contracts.api.validation import InvalidSpecError, parse_imd
 from duotone_operator.adapters import telemetry
 from duotone_operator.adapters.cluster import Cluster, ClusterError
 from duotone_operator.adapters.kubernetes import client_configuration, connection_info
 from duotone_operator.autoscaler import Autoscaler
 from duotone_operator.plan import (
+    UNSEEN,
     Apply,
+    ChildKey,
     Delete,
     HandOverReplicas,
     ReconcilePlan,
+    Seen,
     desired_children,
+    drift_verdict,
     plan_api_failure,
     plan_problems,
     plan_reconcile,
+    plan_repair,
 )
 from duotone_operator.policy.freshness import WatchFreshness
 from duotone_operator.render import names
+from duotone_operator.render.children import CHILD_KINDS, CHILD_PLURALS
 from duotone_operator.render.objects import RenderSettings
-from duotone_operator.render.references import problems, required_references
+from duotone_operator.render.references import carried_problems, problems, required_references
 from duotone_operator.render.status import (
     DeploymentObservation,
     Problem,
     compute_status,
     condition,
     observe_deployment,
+    refreshed_status,
     tier_observations,
 )
 
@@ -66,6 +76,23 @@ class OperatorContext:
     workers: int = 8
     autoscaler: Autoscaler | None = None
     """None when autoscaling is switched off for the whole operator."""
+    drift_seen: dict[tuple[str, str, str], Seen] = field(default_factory=dict)
+    """Per child ((kind, namespace, name)): the foreign write last seen (`plan.drift_verdict`)."""
+    drifted: dict[tuple[str, str], set[ChildKey]] = field(default_factory=dict)
+    """IMDs waiting for a repair, with the children that drifted."""
+    locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _locks_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    imds: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    """The latest body of every live IMD the watch delivered ((namespace, name) -> body): what
+    the autoscaler loop and drift repair work from, without listing."""
+
+    def imd_bodies(self) -> list[Mapping[str, Any]]:
+        return list(self.imds.values())
+
+    def lock(self, namespace: str, name: str) -> threading.Lock:
+        """One lock per IMD: a reconcile and a repair of the same IMD never interleave."""
+        with self._locks_lock:
+            return self.locks.setdefault((namespace, name), threading.Lock())
 
 
 def _context(memo: Any) -> OperatorContext:
@@ -88,6 +115,11 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # Our events are posted explicitly (Cluster.post_event); Kopf posts only its own failures.
     settings.posting.level = logging.ERROR
     settings.scanning.disabled = True  # no CRD watching: one less permission
+    for api_version, kind in CHILD_KINDS:
+        # Children are watched with a server-side selector: the operator's own objects only.
+        settings.watching.label_selectors[api_version, CHILD_PLURALS[kind]] = (
+            f"app.kubernetes.io/managed-by={names.MANAGED_BY}"
+        )
     settings.execution.max_workers = context.workers
 
 
@@ -101,20 +133,33 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _refresh_status(
-    context: OperatorContext, body: Mapping[str, Any], found_problems: Sequence[Problem]
-) -> Manifest:
-    imd = parse_imd(body)
+def _observe(
+    context: OperatorContext, imd: ImageModelDeployment
+) -> tuple[dict[TierName, DeploymentObservation], DeploymentObservation | None]:
+    """The tier and router Deployments' readiness (one list call)."""
     namespace = imd.metadata.namespace or "default"
     children = context.cluster.deployments(namespace, imd.metadata.name)
     router = children.get(("Deployment", names.router_name(imd.metadata.name)))
+    return tier_observations(children), observe_deployment(router) if router else None
+
+
+def _reconciled_status(
+    context: OperatorContext,
+    imd: ImageModelDeployment,
+    previous: Mapping[str, Any] | None,
+    found_problems: Sequence[Problem],
+) -> Manifest:
+    """The status a reconcile writes: observedGeneration moves only when nothing stood in the
+    way of applying this generation."""
+    tiers, router = _observe(context, imd)
     return compute_status(
         imd,
-        tiers=tier_observations(children),
-        router=observe_deployment(router) if router else None,
+        tiers=tiers,
+        router=router,
         problems=found_problems,
-        previous=body.get("status"),
+        previous=previous,
         now=_now(),
+        applied=not found_problems,
     )
 
 
@@ -131,8 +176,10 @@ def reconcile(
     """Make the children match the spec, then report status."""
     context = _context(memo)
     started = time.monotonic()
+    metadata = body.get("metadata", {})
     try:
-        _reconcile(context, body, patch, retry)
+        with context.lock(metadata.get("namespace", ""), metadata.get("name", "")):
+            _reconcile(context, body, patch, retry)
     except kopf.TemporaryError:
         telemetry.RECONCILES.labels(result="problem").inc()
         raise
@@ -171,6 +218,20 @@ def _reconcile(
         raise kopf.PermanentError(message) from exc
 
     namespace = imd.metadata.namespace or "default"
+    previous = body.get("status")
+    if not (previous or {}).get("conditions"):
+        # First sight: conditions exist from the first write on, whatever happens next.
+        patch.status.update(
+            compute_status(
+                imd,
+                tiers={},
+                router=None,
+                problems=(),
+                previous=previous,
+                now=_now(),
+                applied=False,
+            )
+        )
     try:
         missing = cluster.missing(required_references(imd), namespace)
         found = problems(missing, namespace)
@@ -194,11 +255,12 @@ def _reconcile(
         event, again = plan_api_failure(
             exc.status, exc.message, retry=retry, max_seconds=context.retry_max_seconds
         )
-        cluster.post_event(body, event.type, event.reason, event.message)
+        with contextlib.suppress(ClusterError):  # the API may be what failed
+            cluster.post_event(body, event.type, event.reason, event.message)
         if again is not None:
             raise kopf.TemporaryError(again.message, delay=again.delay_seconds) from exc
         raise
-    patch.status.update(_refresh_status(context, body, plan.problems))
+    patch.status.update(_reconciled_status(context, imd, previous, plan.problems))
     if plan.retry is not None:
         raise kopf.TemporaryError(plan.retry.message, delay=plan.retry.delay_seconds)
     log.info(
@@ -249,48 +311,132 @@ def deployment_changed(
     if context.observed.get(key) == observation:
         return
     context.observed[key] = observation
-    imd = context.cluster.get_imd(namespace, owner)
-    if imd is None or imd["metadata"].get("deletionTimestamp"):
-        return
     try:
-        context.cluster.patch_imd_status(namespace, owner, _refresh_status(context, imd, []))
-    except InvalidSpecError:
-        return
+        for _attempt in range(REFRESH_ATTEMPTS):
+            if _refresh_once(context, namespace, owner):
+                return
     except ClusterError as exc:
         if exc.status != 404:
             logger.warning("status refresh of %s/%s failed: %s", namespace, owner, exc.message)
 
 
+REFRESH_ATTEMPTS = 3
+"""A refresh is written only over the IMD version it was computed from; a conflict (a reconcile
+wrote in between) means read again."""
+
+
+def _refresh_once(context: OperatorContext, namespace: str, name: str) -> bool:
+    """One read-compute-write of the status; False when the IMD moved on in between."""
+    body = context.cluster.get_imd(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return True
+    try:
+        imd = parse_imd(body)
+    except InvalidSpecError:
+        return True
+    tiers, router = _observe(context, imd)
+    status = refreshed_status(
+        imd,
+        tiers=tiers,
+        router=router,
+        carried=carried_problems(body.get("status")),
+        previous=body.get("status"),
+        now=_now(),
+    )
+    try:
+        context.cluster.patch_imd_status(
+            namespace, name, status, resource_version=body["metadata"].get("resourceVersion")
+        )
+    except ClusterError as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def child_changed(
+    body: kopf.Body,
+    type: str | None,  # noqa: A002 - Kopf's name for the watch event type
+    namespace: str | None,
+    memo: Any,
+    **_: Any,
+) -> None:
+    """A child was deleted or written by someone else: queue a repair of its IMD."""
+    metadata = body.get("metadata", {})
+    owner = (metadata.get("labels") or {}).get("app.kubernetes.io/instance")
+    if not owner or not namespace:
+        return
+    context = _context(memo)
+    child_key: ChildKey = (str(body.get("kind", "")), str(metadata.get("name", "")))
+    seen_key = (child_key[0], namespace, child_key[1])
+    repair, seen = drift_verdict(type, body, context.drift_seen.get(seen_key, UNSEEN))
+    if type == "DELETED":
+        context.drift_seen.pop(seen_key, None)
+    else:
+        context.drift_seen[seen_key] = seen
+    if repair and (namespace, owner) in context.imds:
+        context.drifted.setdefault((namespace, owner), set()).add(child_key)
+
+
+def repair(context: OperatorContext, namespace: str, name: str, drifted: set[ChildKey]) -> None:
+    """Restore the drifted children of an IMD whose current generation is reconciled (a newer
+    generation is the reconcile's to apply, whole)."""
+    with context.lock(namespace, name):
+        body = context.cluster.get_imd(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        if (body.get("status") or {}).get("observedGeneration") != body["metadata"].get(
+            "generation"
+        ):
+            return
+        try:
+            imd = parse_imd(body)
+        except InvalidSpecError:
+            return
+        observed = context.cluster.children(namespace, name)
+        plan = plan_repair(
+            imd, desired_children(imd, context.render, observed), observed, frozenset(drifted)
+        )
+        execute(context.cluster, body, plan)
+    if plan.steps:
+        telemetry.REPAIRS.inc()
+        log.info("repaired %s/%s: %d steps", namespace, name, len(plan.steps))
+
+
+async def repair_forever(context: OperatorContext, interval_seconds: float = 1.0) -> None:
+    """Every `interval_seconds`, repair the IMDs whose children drifted (a burst of events for
+    one IMD becomes one repair). A failed repair is queued again for the next round."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        pending, context.drifted = context.drifted, {}
+        for (namespace, name), children in pending.items():
+            try:
+                await asyncio.to_thread(repair, context, namespace, name, children)
+            except ClusterError as exc:
+                log.warning("repair of %s/%s failed: %s", namespace, name, exc.message)
+                context.drifted.setdefault((namespace, name), set()).update(children)
+
+
+def register_child_watches() -> None:
+    """Watch every kind of child (server-side label selector, see `configure`)."""
+    for api_version, kind in CHILD_KINDS:
+        kopf.on.event(api_version, CHILD_PLURALS[kind], id=f"drift-{kind}")(child_changed)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def watch_delivered(body: kopf.Body, type: str, memo: Any, **_: Any) -> None:  # noqa: A002
-    """Record what the watch delivers, for the liveness probe (`policy.freshness`)."""
+    """Record what the watch delivers: versions for the liveness probe (`policy.freshness`),
+    bodies for the autoscaler loop and drift repair."""
     metadata = body.get("metadata", {})
     context = _context(memo)
     if metadata.get("uid") and metadata.get("resourceVersion"):
         context.freshness.delivered(
             metadata["uid"], metadata["resourceVersion"], deleted=type == "DELETED"
         )
-    if type == "DELETED" and context.autoscaler is not None:
-        context.autoscaler.forget(metadata.get("namespace", ""), metadata.get("name", ""))
-
-
-async def autoscale(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Timer: one autoscaler round for this IMD (`duotone_operator.autoscaler`)."""
-    autoscaler = _context(memo).autoscaler
-    if autoscaler is None:
-        return
-    try:
-        await autoscaler.tick(body, time.time())
-    except (ClusterError, OSError) as exc:
-        # The next tick retries; nothing was decided on half a picture.
-        namespace = body.get("metadata", {}).get("namespace", "")
-        telemetry.SCALE_ERRORS.labels(namespace).inc()
-        log.warning("autoscaler round for %s failed: %s", body.get("metadata", {}).get("name"), exc)
-
-
-def register_autoscaler(interval_seconds: float) -> None:
-    """Run `autoscale` for every IMD every `interval_seconds` (registered at start-up, because
-    the interval is a command-line setting)."""
-    kopf.timer(GROUP, VERSION, PLURAL, id="autoscale", interval=interval_seconds, sharp=True)(
-        autoscale
-    )
+    key = (metadata.get("namespace", ""), metadata.get("name", ""))
+    if type == "DELETED" or metadata.get("deletionTimestamp"):
+        context.imds.pop(key, None)
+        if context.autoscaler is not None:
+            context.autoscaler.forget(*key)
+    else:
+        context.imds[key] = dict(body)

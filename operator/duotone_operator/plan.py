@@ -224,3 +224,89 @@ def plan_api_failure(
         return event, None
     delay = retry_delay(retry, base_seconds=1, max_seconds=max_seconds)
     return event, Retry(f"{text}; retrying in {delay:.0f}s", delay)
+
+
+OWN_MANAGERS = frozenset({names.FIELD_MANAGER, names.SCALE_FIELD_MANAGER})
+"""The field managers whose writes are the operator's own."""
+
+
+@dataclass(frozen=True)
+class ForeignWrite:
+    """The newest write to a child's spec or metadata by someone other than the operator."""
+
+    manager: str
+    time: str
+    version: str
+    """The generation when the kind has one (status writes do not move it), else the
+    resourceVersion."""
+
+
+def foreign_write(child: Mapping[str, Any]) -> ForeignWrite | None:
+    """Who last wrote the child, when it was not the operator (its managedFields).
+
+    Writes through a subresource (status, scale) are not drift: controllers report status, and
+    `kubectl scale` or the autoscaler own replicas. A foreign write in the same second as the
+    operator's newest one counts as foreign (repairing an object in sync changes nothing).
+    """
+    metadata = child.get("metadata") or {}
+    entries = [e for e in metadata.get("managedFields") or [] if not e.get("subresource")]
+    own = max(
+        (str(e.get("time") or "") for e in entries if e.get("manager") in OWN_MANAGERS), default=""
+    )
+    foreign = [
+        e
+        for e in entries
+        if e.get("manager") not in OWN_MANAGERS and str(e.get("time") or "") >= own
+    ]
+    if not foreign:
+        return None
+    newest = max(foreign, key=lambda e: str(e.get("time") or ""))
+    version = metadata.get("generation") or metadata.get("resourceVersion") or ""
+    return ForeignWrite(
+        str(newest.get("manager") or ""), str(newest.get("time") or ""), str(version)
+    )
+
+
+Seen = ForeignWrite | None
+UNSEEN: Literal["unseen"] = "unseen"
+
+
+def drift_verdict(
+    event: str | None, child: Mapping[str, Any], seen: Seen | Literal["unseen"]
+) -> tuple[bool, Seen]:
+    """Should a child watch event trigger a repair of its IMD? Returns it and what to remember.
+
+    A deletion always does. Otherwise a foreign write not seen before does; the first sight of a
+    child (the watch's initial listing) only records, because the reconcile on resume applies
+    every child anyway.
+    """
+    if event == "DELETED":
+        return True, None
+    write = foreign_write(child)
+    if seen == UNSEEN:
+        return False, write
+    return write is not None and write != seen, write
+
+
+def plan_repair(
+    owner: ImageModelDeployment,
+    desired: Sequence[Manifest],
+    observed: Mapping[ChildKey, Manifest],
+    drifted: frozenset[ChildKey],
+) -> ReconcilePlan:
+    """Restore what drifted from an already reconciled generation: re-apply the children that
+    are missing or were written by someone else (`drifted`); server-side apply takes back the
+    operator's fields and leaves the others' alone. Owned children no longer wanted go too."""
+    full = plan_reconcile(owner, desired, observed, handled_generation=owner.metadata.generation)
+
+    def needed(step: Step) -> bool:
+        if isinstance(step, Delete):
+            return True
+        name = step.name if isinstance(step, HandOverReplicas) else key(step.manifest)[1]
+        kind = "Deployment" if isinstance(step, HandOverReplicas) else key(step.manifest)[0]
+        return (kind, name) in drifted or (kind, name) not in observed
+
+    steps = tuple(step for step in full.steps if needed(step))
+    restored = [f"{key(s.manifest)[0]}/{key(s.manifest)[1]}" for s in steps if isinstance(s, Apply)]
+    events = (Event("Normal", "Repaired", f"restored {', '.join(restored)}"),) if restored else ()
+    return ReconcilePlan(steps=steps, events=events)

@@ -13,6 +13,7 @@ from duotone_contracts.api import parse_imd
 from duotone_operator.render import names
 from duotone_operator.render.children import render_children
 from duotone_operator.render.objects import RenderSettings
+from duotone_operator.render.tier import RUNTIME_CONTAINER
 from tests.support import presets
 from tests.support.builders import imd
 from tests.support.cluster import Cluster, wait_for
@@ -458,3 +459,167 @@ def test_gpu_resource_no_node_offers_is_reported(
 
     condition = wait_for(reported, timeout_s=30, what="Ready=False/GPUResourceUnavailable")
     assert "amd.com/gpu" in condition["message"]
+
+
+def _imd_now(cluster: Cluster, namespace: str, name: str = "sd") -> dict[str, Any]:
+    found: dict[str, Any] = cluster.get_json("imd", name, f"--namespace={namespace}")
+    return found
+
+
+def _ready_status(imd_: dict[str, Any]) -> str | None:
+    for entry in (imd_.get("status") or {}).get("conditions") or []:
+        if entry["type"] == "Ready":
+            return str(entry["status"])
+    return None
+
+
+def test_a_missing_claim_keeps_ready_false_and_the_generation_unobserved_through_scales(
+    cluster: Cluster, namespace: str, tiny_ready: OperatorProcess
+) -> None:
+    operator = tiny_ready
+    _patch_imd(
+        cluster,
+        namespace,
+        "sd",
+        {"spec": {"tiers": {"efficient": {"model": {"source": "pvc://model-store/sd"}}}}},
+    )
+    wait_for(
+        lambda: (
+            (imd_condition(cluster, namespace, "sd") or {}).get("reason")
+            == "PersistentVolumeClaimNotFound"
+        ),
+        timeout_s=30,
+        what="Ready=False/PersistentVolumeClaimNotFound",
+    )
+    # Ten scales, each a burst of Deployment events (and status refreshes) while pods come
+    # and go; the status is read after each one settles.
+    for replicas in (2, 1, 3, 1, 2, 2, 1, 3, 2, 1):
+        cluster.kubectl(
+            "scale",
+            "deployment",
+            "sd-efficient",
+            f"--replicas={replicas}",
+            f"--namespace={namespace}",
+        )
+
+        def settled(want: int = replicas) -> dict[str, Any] | None:
+            imd_ = _imd_now(cluster, namespace)
+            tiers = (imd_.get("status") or {}).get("tiers") or {}
+            return imd_ if (tiers.get("efficient") or {}).get("readyReplicas") == want else None
+
+        imd_ = wait_for(settled, timeout_s=30, what=f"the status to count {replicas} ready pods")
+        assert _ready_status(imd_) == "False", imd_["status"]
+        assert imd_["status"]["observedGeneration"] == 1, imd_["status"]
+    _bound_claim(cluster, namespace, "model-store")
+    imd_ = wait_ready(cluster, namespace, "sd", operator, timeout_s=60)
+    assert imd_["status"]["observedGeneration"] == 2
+
+
+def test_an_imd_deleted_while_the_operator_is_down_goes_with_its_children(
+    cluster: Cluster, namespace: str, tiny_ready: OperatorProcess
+) -> None:
+    operator = tiny_ready  # the autoscaler runs (every 2 s): it must not add a finalizer
+    assert "--autoscale-interval-seconds=0" not in operator.args
+    wait_for(
+        lambda: "duotone_autoscaler_decisions_total{" in _metrics(operator),
+        timeout_s=30,
+        what="an autoscaler round",
+    )
+    assert not _imd_now(cluster, namespace)["metadata"].get("finalizers")
+    operator.stop()
+
+    cluster.kubectl("delete", "imd", "sd", f"--namespace={namespace}", "--timeout=20s")
+    assert cluster.kubectl(
+        "get", "imd", "sd", f"--namespace={namespace}", check=False
+    ).returncode, "the IMD is gone without the operator"
+    wait_for(
+        lambda: not _children(cluster, namespace, "sd"),
+        timeout_s=60,
+        what="every child to be garbage collected",
+    )
+
+
+def _metrics(operator: OperatorProcess) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics") as answer:
+        text: str = answer.read().decode()
+    return text
+
+
+CHILD_RESOURCES = {
+    "ServiceAccount": "serviceaccount",
+    "Role": "role.rbac.authorization.k8s.io",
+    "RoleBinding": "rolebinding.rbac.authorization.k8s.io",
+    "ConfigMap": "configmap",
+    "Service": "service",
+    "PodDisruptionBudget": "poddisruptionbudget",
+    "NetworkPolicy": "networkpolicy.networking.k8s.io",
+    "Deployment": "deployment",
+}
+
+
+def test_each_kind_of_child_deleted_out_of_band_is_recreated(
+    cluster: Cluster, namespace: str, tiny_ready: OperatorProcess
+) -> None:
+    children = _children(cluster, namespace, "sd")
+    victims = {}
+    for (kind, name), child in sorted(children.items()):
+        victims.setdefault(kind, (name, child["metadata"]["uid"]))
+    assert set(victims) == set(CHILD_RESOURCES)
+    for kind, (name, _) in victims.items():
+        cluster.kubectl("delete", CHILD_RESOURCES[kind], name, f"--namespace={namespace}")
+
+    def recreated() -> bool:
+        now = _children(cluster, namespace, "sd")
+        return all(
+            (kind, name) in now and now[(kind, name)]["metadata"]["uid"] != uid
+            for kind, (name, uid) in victims.items()
+        )
+
+    wait_for(recreated, timeout_s=30, what="every deleted child to be recreated")
+    assert set(_children(cluster, namespace, "sd")) == set(children)
+
+
+def test_a_hand_edit_of_an_owned_field_is_undone_and_a_foreign_field_survives(
+    cluster: Cluster, namespace: str, tiny_ready: OperatorProcess
+) -> None:
+    config = cluster.get_json("configmap", "sd-efficient-config", f"--namespace={namespace}")
+    before = cluster.get_json("deployment", "sd-efficient", f"--namespace={namespace}")
+    image = before["spec"]["template"]["spec"]["containers"][0]["image"]
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        "sd-efficient-config",
+        f"--namespace={namespace}",
+        "--type=merge",
+        '--patch={"data": {"tier.json": "{}"}, "metadata": {"annotations": '
+        '{"team.example.com/owner": "images"}}}',
+    )
+    cluster.kubectl(
+        "annotate",
+        "deployment",
+        "sd-efficient",
+        "team.example.com/cost-centre=42",
+        f"--namespace={namespace}",
+    )
+    cluster.kubectl(
+        "set",
+        "image",
+        "deployment/sd-efficient",
+        f"{RUNTIME_CONTAINER}=example.com/not-ours:1",
+        f"--namespace={namespace}",
+    )
+
+    def restored() -> dict[str, Any] | None:
+        now = cluster.get_json("configmap", "sd-efficient-config", f"--namespace={namespace}")
+        return now if now["data"] == config["data"] else None
+
+    now = wait_for(restored, timeout_s=30, what="the tier document to be restored")
+    assert now["metadata"]["annotations"]["team.example.com/owner"] == "images"
+
+    def image_restored() -> dict[str, Any] | None:
+        deployment = cluster.get_json("deployment", "sd-efficient", f"--namespace={namespace}")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return deployment if container["image"] == image else None
+
+    deployment = wait_for(image_restored, timeout_s=30, what="the runtime image to be restored")
+    assert deployment["metadata"]["annotations"]["team.example.com/cost-centre"] == "42"

@@ -275,9 +275,14 @@ class FakeCluster:
             if not namespaces or namespace in namespaces
         }
 
-    def patch_imd_status(self, namespace: str, name: str, status: Manifest) -> None:
+    def patch_imd_status(
+        self, namespace: str, name: str, status: Manifest, *, resource_version: str | None = None
+    ) -> None:
         self._call("patch_imd_status")
         body = self.imds.get((namespace, name))
         if body is None:
             raise ClusterError(404, f'{KIND} "{name}" not found')
+        if resource_version is not None and resource_version != body["metadata"]["resourceVersion"]:
+            raise ClusterError(409, "the object has been modified")
         body["status"] = _merge_patch(body.get("status") or {}, status)
+        body["metadata"]["resourceVersion"] = str(next(self._ids))

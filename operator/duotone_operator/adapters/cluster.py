@@ -81,6 +81,9 @@ class Cluster(Protocol):
         """uid -> resourceVersion of every IMD in `namespaces` (all when empty)."""
         ...
 
-    def patch_imd_status(self, namespace: str, name: str, status: Manifest) -> None:
-        """JSON merge patch of the status subresource (None values delete keys)."""
+    def patch_imd_status(
+        self, namespace: str, name: str, status: Manifest, *, resource_version: str | None = None
+    ) -> None:
+        """JSON merge patch of the status subresource (None values delete keys); with
+        `resource_version`, only if the IMD is still at that version (else ClusterError 409)."""
         ...

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import kopf
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -87,7 +88,8 @@ R = TypeVar("R")
 
 
 def _cluster_errors(call: Callable[P, R]) -> Callable[P, R]:
-    """Raise the client's ApiException (and its subclasses) as ClusterError."""
+    """Raise the client's ApiException (and its subclasses) and connection failures as
+    ClusterError."""
 
     @functools.wraps(call)
     def translated(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -95,15 +97,28 @@ def _cluster_errors(call: Callable[P, R]) -> Callable[P, R]:
             return call(*args, **kwargs)
         except ApiException as error:
             raise ClusterError(int(error.status or 0), _api_message(error)) from error
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            # No answer at all (refused, reset, timed out): as transient as a 503.
+            raise ClusterError(503, f"API server unreachable: {error}") from error
 
     return translated
+
+
+REQUEST_TIMEOUT_SECONDS = (5.0, 30.0)
+"""(connect, read) limit of every call: a call to an API server that stopped answering fails
+(and is retried with backoff) instead of holding a worker forever."""
 
 
 class KubernetesCluster:
     """The Kubernetes API as the operator uses it (implements `adapters.cluster.Cluster`)."""
 
-    def __init__(self, api_client: k8s.ApiClient) -> None:
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        request_timeout: tuple[float, float] = REQUEST_TIMEOUT_SECONDS,
+    ) -> None:
         self._api_client = api_client
+        self._timeout = request_timeout
         self._dynamic: DynamicClient | None = None
         self._resources: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -130,6 +145,7 @@ class KubernetesCluster:
             namespace=manifest["metadata"].get("namespace"),
             field_manager=manager,
             force_conflicts=True,
+            _request_timeout=self._timeout,
         )
         applied: Manifest = result.to_dict()
         return applied
@@ -140,7 +156,9 @@ class KubernetesCluster:
         found: dict[ChildKey, Manifest] = {}
         for api_version, kind in CHILD_KINDS:
             listed = self._resource(api_version, kind).get(
-                namespace=namespace, label_selector=names.instance_selector(imd)
+                namespace=namespace,
+                label_selector=names.instance_selector(imd),
+                _request_timeout=self._timeout,
             )
             for item in listed.to_dict().get("items", []):
                 found[(kind, item["metadata"]["name"])] = {
@@ -159,6 +177,7 @@ class KubernetesCluster:
                 name=manifest["metadata"]["name"],
                 namespace=manifest["metadata"].get("namespace"),
                 body={"propagationPolicy": "Background"},
+                _request_timeout=self._timeout,
             )
         except NotFoundError:
             return False
@@ -168,7 +187,9 @@ class KubernetesCluster:
     def deployments(self, namespace: str, imd: str) -> dict[ChildKey, Manifest]:
         """The IMD's Deployments only (all a status refresh needs): one list call."""
         listed = self._resource("apps/v1", "Deployment").get(
-            namespace=namespace, label_selector=names.instance_selector(imd)
+            namespace=namespace,
+            label_selector=names.instance_selector(imd),
+            _request_timeout=self._timeout,
         )
         return {
             ("Deployment", item["metadata"]["name"]): item
@@ -183,6 +204,7 @@ class KubernetesCluster:
             namespace,
             {"spec": {"replicas": replicas}},
             field_manager=names.SCALE_FIELD_MANAGER,
+            _request_timeout=self._timeout,
         )
 
     @_cluster_errors
@@ -190,7 +212,7 @@ class KubernetesCluster:
         """The EndpointSlices of the named Services (label kubernetes.io/service-name)."""
         selector = f"{SERVICE_NAME_LABEL} in ({','.join(services)})"
         listed = self._resource("discovery.k8s.io/v1", "EndpointSlice").get(
-            namespace=namespace, label_selector=selector
+            namespace=namespace, label_selector=selector, _request_timeout=self._timeout
         )
         items: list[Manifest] = listed.to_dict().get("items", [])
         return items
@@ -199,7 +221,9 @@ class KubernetesCluster:
 
     def _exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         try:
-            self._resource(api_version, kind).get(name=name, namespace=namespace)
+            self._resource(api_version, kind).get(
+                name=name, namespace=namespace, _request_timeout=self._timeout
+            )
         except NotFoundError:
             return False
         return True
@@ -224,7 +248,12 @@ class KubernetesCluster:
     def offered_resources(self, resources: Iterable[str]) -> set[str]:
         """Which of `resources` at least one node has allocatable."""
         wanted = set(resources)
-        nodes = self._resource("v1", "Node").get().to_dict().get("items", [])
+        nodes = (
+            self._resource("v1", "Node")
+            .get(_request_timeout=self._timeout)
+            .to_dict()
+            .get("items", [])
+        )
         offered = set()
         for node in nodes:
             allocatable = (node.get("status") or {}).get("allocatable") or {}
@@ -271,6 +300,7 @@ class KubernetesCluster:
                 "lastTimestamp": now,
                 "count": 1,
             },
+            _request_timeout=self._timeout,
         )
 
     # ------------------------------------------------------------------ the IMDs
@@ -279,7 +309,9 @@ class KubernetesCluster:
     def get_imd(self, namespace: str, name: str) -> Manifest | None:
         try:
             found: Manifest = (
-                self._resource(API_VERSION, KIND).get(name=name, namespace=namespace).to_dict()
+                self._resource(API_VERSION, KIND)
+                .get(name=name, namespace=namespace, _request_timeout=self._timeout)
+                .to_dict()
             )
         except NotFoundError:
             return None
@@ -292,16 +324,27 @@ class KubernetesCluster:
         items = []
         scopes: list[str | None] = list(namespaces) or [None]
         for namespace in scopes:
-            items += resource.get(namespace=namespace).to_dict().get("items", [])
+            items += (
+                resource.get(namespace=namespace, _request_timeout=self._timeout)
+                .to_dict()
+                .get("items", [])
+            )
         return {i["metadata"]["uid"]: i["metadata"]["resourceVersion"] for i in items}
 
     @_cluster_errors
-    def patch_imd_status(self, namespace: str, name: str, status: Manifest) -> None:
-        """JSON merge patch of the status subresource (None values delete keys)."""
+    def patch_imd_status(
+        self, namespace: str, name: str, status: Manifest, *, resource_version: str | None = None
+    ) -> None:
+        """JSON merge patch of the status subresource (None values delete keys); with
+        `resource_version`, a precondition: the API server answers 409 if the IMD moved on."""
         resource = self._resource(API_VERSION, KIND)
+        body: Manifest = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         resource.status.patch(
             name=name,
             namespace=namespace,
-            body={"status": status},
+            body=body,
             content_type="application/merge-patch+json",
+            _request_timeout=self._timeout,
         )

@@ -25,6 +25,7 @@ CHILDREN_DELETED = Counter(
     m.CHILDREN_DELETED.name, m.CHILDREN_DELETED.help, m.CHILDREN_DELETED.labels
 )
 WATCH_STALE = Gauge(m.WATCH_STALE.name, m.WATCH_STALE.help)
+REPAIRS = Counter(m.REPAIRS.name, m.REPAIRS.help)
 
 # The autoscaler, per tier of each IMD (labels namespace, imd, tier).
 SCALE_DECISIONS = Counter(m.SCALE_DECISIONS.name, m.SCALE_DECISIONS.help, m.SCALE_DECISIONS.labels)

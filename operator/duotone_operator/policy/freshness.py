@@ -2,9 +2,11 @@
 
 A watch that silently stalls (a known Kopf failure mode) stops delivering events while the API
 server moves on. The tracker records the resourceVersion of every IMD event the watch delivers;
-the liveness probe lists IMDs and compares. An IMD whose listed version the watch has not
-delivered for longer than the grace period means the watch is stale: the probe fails and the
-kubelet restarts the operator, which re-lists and resumes.
+a background check lists IMDs on a fixed period and compares (`check`). An IMD whose listed
+version the watch has not delivered for longer than the grace period means the watch is stale:
+the liveness probe, which only reads `last_stale`, fails and the kubelet restarts the operator,
+which re-lists and resumes. A list that fails changes nothing (an API-server outage is not a
+dead watch).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class WatchFreshness:
     grace_seconds: float = 60.0
     seen: dict[str, str] = field(default_factory=dict)
     behind_since: dict[str, float] = field(default_factory=dict)
+    last_stale: list[str] = field(default_factory=list)
+    """The verdict of the latest `check`: what the liveness probe reports."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def delivered(self, uid: str, resource_version: str, *, deleted: bool = False) -> None:
@@ -46,3 +50,8 @@ class WatchFreshness:
                 if now - since > self.grace_seconds:
                     late.append(uid)
             return sorted(late)
+
+    def check(self, listed: Mapping[str, str], now: float) -> list[str]:
+        """`stale`, kept as the verdict the liveness probe reads."""
+        self.last_stale = self.stale(listed, now)
+        return self.last_stale

@@ -32,6 +32,18 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
 )
 """Kinds of children, in apply order: what pods reference exists before the pods."""
 
+CHILD_PLURALS: dict[str, str] = {
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
+    "Deployment": "deployments",
+}
+"""The API's resource name of each kind of child (what watches and RBAC rules name)."""
+
 
 def render_children(
     imd: ImageModelDeployment,

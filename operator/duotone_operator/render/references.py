@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from duotone_contracts.api.sources import parse_model_source
 from duotone_contracts.api.v1alpha1 import ImageModelDeployment
@@ -35,6 +37,22 @@ def required_references(imd: ImageModelDeployment) -> References:
     if imd.spec.router.api_keys_secret_ref is not None:
         secrets.add(imd.spec.router.api_keys_secret_ref.name)
     return References(frozenset(claims), frozenset(secrets), frozenset(gpus))
+
+
+PROBLEM_REASONS = frozenset(
+    {"PersistentVolumeClaimNotFound", "SecretNotFound", "GPUResourceUnavailable"}
+)
+"""Every reason `problems` gives: a Ready condition with one of them is a reconcile's verdict
+that the spec cannot work yet."""
+
+
+def carried_problems(status: Mapping[str, Any] | None) -> tuple[Problem, ...]:
+    """The problem the last reconcile reported in `status`, if any (to keep it in a refresh)."""
+    for entry in (status or {}).get("conditions") or []:
+        problem = entry.get("reason") in PROBLEM_REASONS and entry.get("status") == "False"
+        if entry.get("type") == "Ready" and problem:
+            return (Problem(str(entry["reason"]), str(entry.get("message") or "")),)
+    return ()
 
 
 def problems(missing: References, namespace: str) -> list[Problem]:

@@ -1,8 +1,12 @@
 """The status an IMD should show, from what was observed (pure; time is an argument).
 
 Conditions follow the Kubernetes API conventions: Ready, Progressing and Degraded are always
-present, each with a reason, a message, the generation it describes, and a transition time that
-changes only when the status does.
+present, plus one `<Tier>Ready` per tier and `RouterReady`, each with a reason, a message, the
+generation it describes, and a transition time that changes only when the status does.
+
+`observedGeneration` is the last generation a reconcile applied, and only a reconcile moves it
+(`compute_status(applied=True)`). Refreshes on Deployment events (`refreshed_status`) update
+counts and readiness but keep observedGeneration and any problem a reconcile reported.
 """
 
 from __future__ import annotations
@@ -141,6 +145,29 @@ def p50_summary(previous_tiers: Mapping[str, Any]) -> str | None:
     return ", ".join(parts) or None
 
 
+TIER_CONDITIONS: Mapping[str, str] = {
+    "efficient": "EfficientReady",
+    "flagship": "FlagshipReady",
+    "router": "RouterReady",
+}
+"""The per-component condition types, by tier (and the router)."""
+
+
+def _component_verdict(label: str, obs: DeploymentObservation | None) -> Verdict:
+    """One tier's (or the router's) readiness with a reason a user can act on."""
+    if obs is None:
+        return (False, "NotCreated", f"{label} Deployment not created yet")
+    if obs.stuck:
+        return (False, "RolloutStuck", f"{label}: progress deadline exceeded")
+    if obs.desired == 0:
+        return (True, "ScaledToZero", f"{label} at zero replicas; a request wakes it")
+    if obs.ready_enough:
+        return (True, "Ready", _describe(label, obs))
+    if obs.replicas == 0:
+        return (False, "PodsPending", f"{_describe(label, obs)}; no pod created yet")
+    return (False, "LoadingModel", f"{_describe(label, obs)}; pods starting or loading the model")
+
+
 def compute_status(
     imd: ImageModelDeployment,
     *,
@@ -149,16 +176,20 @@ def compute_status(
     problems: Sequence[Problem],
     previous: Mapping[str, Any] | None,
     now: datetime,
+    applied: bool = True,
+    described_generation: int | None = None,
 ) -> dict[str, Any]:
     """The status fields the reconciler owns, as a JSON merge patch body.
 
-    Tiers removed from the spec are set to None (deleted by the merge patch); autoscaler-owned
-    fields of the remaining tiers (queueDepth, p50LatencyMs, ...) are left out, so the patch
-    keeps them.
+    `applied`: the reconcile applied this generation, so observedGeneration becomes it;
+    otherwise the previous observedGeneration is kept. `described_generation` is the
+    generation the conditions describe (default: the IMD's). Tiers removed from the spec are
+    set to None (deleted by the merge patch); autoscaler-owned fields of the remaining tiers
+    (queueDepth, p50LatencyMs, ...) are left out, so the patch keeps them.
     """
     previous = previous or {}
     previous_conditions = {c["type"]: c for c in previous.get("conditions", []) if "type" in c}
-    generation = imd.metadata.generation
+    generation = imd.metadata.generation if described_generation is None else described_generation
     present = imd.spec.tiers.present()
 
     tier_status: dict[str, Any] = {}
@@ -213,6 +244,14 @@ def compute_status(
         else:
             degraded = (False, "AsExpected", "no known problem")
 
+    verdicts: list[tuple[str, Verdict]] = [
+        ("Ready", ready),
+        ("Progressing", progressing),
+        ("Degraded", degraded),
+    ]
+    verdicts += [
+        (TIER_CONDITIONS[label], _component_verdict(label, obs)) for label, obs in observed.items()
+    ]
     conditions = [
         condition(
             kind,
@@ -223,16 +262,51 @@ def compute_status(
             previous=previous_conditions,
             now=now,
         )
-        for kind, values in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded))
+        for kind, values in verdicts
     ]
     status: dict[str, Any] = {
-        "observedGeneration": generation,
+        "observedGeneration": (
+            imd.metadata.generation if applied else previous.get("observedGeneration")
+        ),
         "endpoint": names.endpoint(imd.metadata.name, imd.metadata.namespace or "default"),
         "tiers": tier_status,
         "conditions": conditions,
     }
     status["p50"] = p50_summary(previous.get("tiers") or {})
     return status
+
+
+def refreshed_status(
+    imd: ImageModelDeployment,
+    *,
+    tiers: Mapping[TierName, DeploymentObservation | None],
+    router: DeploymentObservation | None,
+    carried: Sequence[Problem],
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status after a child Deployment moved, outside a reconcile.
+
+    Counts and readiness follow the observation; observedGeneration stays where the last
+    reconcile put it, and so does the generation the conditions describe; `carried` are the
+    problems that reconcile reported (`references.carried_problems`), still in force until a
+    reconcile finds them fixed.
+    """
+    previous = previous or {}
+    ready: Mapping[str, Any] = next(
+        (c for c in previous.get("conditions") or [] if c.get("type") == "Ready"), {}
+    )
+    described = ready.get("observedGeneration") if carried else previous.get("observedGeneration")
+    return compute_status(
+        imd,
+        tiers=tiers,
+        router=router,
+        problems=carried,
+        previous=previous,
+        now=now,
+        applied=False,
+        described_generation=described if isinstance(described, int) else 0,
+    )
 
 
 def scale_status(

@@ -1,14 +1,23 @@
-"""The operator's start-up: a uid without a passwd entry must not stop Kopf from starting."""
+"""The operator's start-up (a uid without a passwd entry must not stop Kopf from starting) and
+its liveness endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
+import aiohttp
 import pytest
 
+from duotone_operator import cli
 from duotone_operator.cli import LOGIN_NAME_VARIABLES, login_name_fallback
+from duotone_operator.handlers import OperatorContext
+from duotone_operator.policy.freshness import WatchFreshness
+from duotone_runtime.launcher import free_port
+from tests.fakes.cluster import FakeCluster
+from tests.support.builders import imd
 
 
 @pytest.mark.parametrize(
@@ -59,3 +68,48 @@ def test_main_makes_getuser_work_for_a_uid_without_passwd_entry() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"uid-{os.getuid()}"
+
+
+def test_liveness_reads_the_background_verdict_and_an_api_outage_is_not_a_dead_watch() -> None:
+    cluster = FakeCluster()
+    body = cluster.create_imd(imd("sd").tier("efficient", gpus=0).build())
+    context = OperatorContext(cluster=cluster, freshness=WatchFreshness(grace_seconds=0.0))
+
+    async def scenario() -> list[int]:
+        port = free_port()
+        runner = await cli._serve_health(context, port)
+        codes: list[int] = []
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def probe() -> int:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as answer:
+                        return answer.status
+
+                checker = asyncio.create_task(cli._check_watch_forever(context, [], 0.01))
+                # The watch never delivered the IMD: after the grace period, the check says stale.
+                for _ in range(300):
+                    if context.freshness.last_stale:
+                        break
+                    await asyncio.sleep(0.01)
+                calls = len(cluster.calls)
+                codes.append(await probe())
+                codes.append(await probe())
+                assert len(cluster.calls) - calls <= 2, "a probe makes no API call"
+                checker.cancel()
+
+                context.freshness.delivered(
+                    body["metadata"]["uid"], body["metadata"]["resourceVersion"]
+                )
+                context.freshness.check(cluster.list_imd_versions([]), 0.0)
+                codes.append(await probe())
+                # The API server goes away: lists fail, and liveness stays as it was.
+                for _ in range(3):
+                    cluster.fail("list_imd_versions", 503)
+                    await cli._check_watch_once(context, [])
+                codes.append(await probe())
+        finally:
+            await runner.cleanup()
+        return codes
+
+    assert asyncio.run(scenario()) == [503, 503, 200, 200]

@@ -286,3 +286,113 @@ def test_autoscaler_holds_the_size_when_metrics_are_missing(
     assert decisions["efficient"].held
     assert _replicas(cluster, "sd-efficient") == 2
     assert "scale_deployment" not in cluster.calls[before:]
+
+
+def _ready_everywhere(cluster: FakeCluster, context: OperatorContext) -> None:
+    """Every Deployment of `sd` reports its pods ready, through the Deployment-event path."""
+    for name in ("sd-efficient", "sd-router"):
+        desired = _replicas(cluster, name)
+        cluster.set_deployment_status(
+            NS,
+            name,
+            replicas=desired,
+            readyReplicas=desired,
+            updatedReplicas=desired,
+            observedGeneration=1,
+        )
+        handlers.deployment_changed(
+            body=cluster.get("Deployment", NS, name),
+            type="MODIFIED",
+            namespace=NS,
+            memo={"context": context},
+            logger=handlers.log,
+        )
+
+
+def test_a_missing_claim_keeps_ready_false_and_the_generation_unobserved_through_refreshes(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    reconcile(context, cluster.create_imd(_manifest("efficient")))
+    _ready_everywhere(cluster, context)
+    assert _reasons_by_condition(cluster.imd(NS, "sd")["status"])["Ready"] == "AllTiersReady"
+
+    spec = cluster.imd(NS, "sd")["spec"]
+    spec["tiers"]["efficient"]["model"]["source"] = "pvc://models/sd"
+    with pytest.raises(kopf.TemporaryError):
+        reconcile(context, cluster.update_imd_spec(NS, "sd", spec))
+    for replicas in (2, 3, 1):  # kubectl scale: Deployment events, each a status refresh
+        cluster.scale_deployment(NS, "sd-efficient", replicas)
+        context.observed.clear()
+        _ready_everywhere(cluster, context)
+        status = cluster.imd(NS, "sd")["status"]
+        assert status["observedGeneration"] == 1
+        assert _reasons_by_condition(status)["Ready"] == "PersistentVolumeClaimNotFound"
+        assert status["tiers"]["efficient"]["readiness"] == f"{replicas}/{replicas}"
+
+    cluster.existing.add(("PersistentVolumeClaim", NS, "models"))
+    reconcile(context, cluster.imd(NS, "sd"))
+    status = cluster.imd(NS, "sd")["status"]
+    assert status["observedGeneration"] == 2
+    assert _reasons_by_condition(status)["Ready"] != "PersistentVolumeClaimNotFound"
+
+
+def test_conditions_are_written_even_when_the_first_reconcile_fails(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    body = cluster.create_imd(_manifest("efficient"))
+    cluster.fail("missing", 503)
+    with pytest.raises(kopf.TemporaryError):
+        reconcile(context, body)
+    status = cluster.imd(NS, "sd")["status"]
+    assert _reasons_by_condition(status)["Ready"] == "Creating"
+    assert "observedGeneration" not in status
+
+
+def test_the_autoscaler_loop_ticks_every_imd_on_its_cadence_until_cancelled(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    for name in ("a", "b"):
+        manifest = _manifest("efficient")
+        manifest["metadata"]["name"] = name
+        reconcile(context, cluster.create_imd(manifest))
+    ticked: list[tuple[str, float]] = []
+
+    class Recording(Autoscaler):
+        async def tick(self, body: Any, now: float) -> Any:
+            ticked.append((body["metadata"]["name"], now))
+            if body["metadata"]["name"] == "b":
+                raise ClusterError(503, "injected")  # counted and logged, the loop goes on
+            return {}
+
+    autoscaler = Recording(cluster)
+    bodies = [cluster.imd(NS, "a"), cluster.imd(NS, "b")]
+
+    async def run_until_three_rounds() -> None:
+        task = asyncio.create_task(autoscaler.run(lambda: bodies, 0.01, clock=lambda: 7.0))
+        for _ in range(500):
+            if sum(1 for name, _ in ticked if name == "a") >= 3:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run_until_three_rounds())
+    assert sum(1 for name, _ in ticked if name == "a") >= 3
+    assert sum(1 for name, _ in ticked if name == "b") >= 3, "a failing IMD is retried"
+    assert {now for _, now in ticked} == {7.0}
+
+
+def test_no_handler_makes_kopf_put_a_finalizer_on_an_imd() -> None:
+    """Timers, daemons and non-optional deletion handlers make Kopf add its finalizer, and an
+    IMD could then not be deleted while the operator is down (Kopf's registry is the witness;
+    tests/e2e/test_operator.py checks the live objects)."""
+    registry = kopf.get_default_registry()
+    handlers.register_child_watches()
+    every = [
+        *registry._changing.get_all_handlers(),
+        *registry._spawning.get_all_handlers(),
+    ]
+    assert every, "the reconcile handlers are registered"
+    assert not [h.id for h in every if h.requires_finalizer]
+    assert not list(registry._spawning.get_all_handlers()), "no timer or daemon"

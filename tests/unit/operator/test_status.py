@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from duotone_contracts.api import parse_imd
-from duotone_operator.render.status import DeploymentObservation, Problem, compute_status
+from duotone_operator.render.references import carried_problems
+from duotone_operator.render.status import (
+    DeploymentObservation,
+    Problem,
+    compute_status,
+    refreshed_status,
+)
 from tests.support.builders import imd
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -164,3 +170,104 @@ def test_transition_time_changes_only_when_the_status_does() -> None:
 
     assert ready_since(first) == ready_since(same) == "2026-11-22T12:00:00Z"
     assert ready_since(flipped) == "2026-11-22T12:05:00Z"
+
+
+def _by_type(status: Any) -> dict[str, Any]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("observation", "expected"),
+    [
+        pytest.param(None, ("False", "NotCreated"), id="no Deployment yet"),
+        pytest.param(obs(2, 0, replicas=0), ("False", "PodsPending"), id="no pod yet"),
+        pytest.param(obs(2, 1), ("False", "LoadingModel"), id="pods loading the model"),
+        pytest.param(obs(2, 0, stuck=True), ("False", "RolloutStuck"), id="past the deadline"),
+        pytest.param(obs(0, 0), ("True", "ScaledToZero"), id="at zero: a request wakes it"),
+        pytest.param(obs(2, 2), ("True", "Ready"), id="all ready"),
+    ],
+)
+def test_each_tier_and_the_router_have_their_own_condition(
+    observation: DeploymentObservation | None, expected: tuple[str, str]
+) -> None:
+    status = compute_status(
+        _imd(),
+        tiers={"efficient": observation, "flagship": obs(0, 0)},
+        router=observation,
+        problems=[],
+        previous=None,
+        now=NOW,
+    )
+    conditions = _by_type(status)
+    for kind in ("EfficientReady", "RouterReady"):
+        assert (conditions[kind]["status"], conditions[kind]["reason"]) == expected
+        assert conditions[kind]["message"]
+    assert conditions["FlagshipReady"]["reason"] == "ScaledToZero"
+
+
+def test_only_an_applied_reconcile_moves_observed_generation() -> None:
+    previous = {"observedGeneration": 1}
+    kept = compute_status(
+        _imd(),
+        tiers={},
+        router=None,
+        problems=[Problem("PersistentVolumeClaimNotFound", "PVC x not found")],
+        previous=previous,
+        now=NOW,
+        applied=False,
+    )
+    assert kept["observedGeneration"] == 1
+    assert {c["observedGeneration"] for c in kept["conditions"]} == {2}, "the verdict is on 2"
+    moved = compute_status(_imd(), tiers={}, router=None, problems=[], previous=previous, now=NOW)
+    assert moved["observedGeneration"] == 2
+
+
+def test_a_refresh_keeps_the_reconciles_problem_and_generation() -> None:
+    problem = Problem("PersistentVolumeClaimNotFound", "PersistentVolumeClaim 'x' not found")
+    reported = compute_status(
+        _imd(),
+        tiers={"efficient": obs(2, 2), "flagship": obs(0, 0)},
+        router=obs(1, 1),
+        problems=[problem],
+        previous={"observedGeneration": 1},
+        now=NOW,
+        applied=False,
+    )
+    carried = carried_problems(reported)
+    assert carried == (problem,)
+    refreshed = refreshed_status(
+        _imd(generation=2),
+        tiers={"efficient": obs(3, 3), "flagship": obs(0, 0)},
+        router=obs(1, 1),
+        carried=carried,
+        previous=reported,
+        now=NOW + timedelta(seconds=5),
+    )
+    assert refreshed["observedGeneration"] == 1
+    ready = _by_type(refreshed)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "PersistentVolumeClaimNotFound")
+    assert ready["lastTransitionTime"] == _by_type(reported)["Ready"]["lastTransitionTime"]
+    assert refreshed["tiers"]["efficient"]["readiness"] == "3/3", "the counts do move"
+
+
+def test_a_refresh_without_problems_reports_readiness_for_the_reconciled_generation() -> None:
+    previous = compute_status(
+        _imd(generation=1),
+        tiers={"efficient": obs(2, 1), "flagship": obs(0, 0)},
+        router=obs(1, 1),
+        problems=[],
+        previous=None,
+        now=NOW,
+    )
+    refreshed = refreshed_status(
+        _imd(generation=2),  # a new spec the reconcile has not applied yet
+        tiers={"efficient": obs(2, 2), "flagship": obs(0, 0)},
+        router=obs(1, 1),
+        carried=carried_problems(previous),
+        previous=previous,
+        now=NOW,
+    )
+    assert carried_problems(previous) == ()
+    assert refreshed["observedGeneration"] == 1
+    assert {c["observedGeneration"] for c in refreshed["conditions"]} == {1}
+    assert _by_type(refreshed)["Ready"]["status"] == "True"
