@@ -223,6 +223,10 @@ CHILDREN_APPLIED: Final = Metric(
 CHILDREN_DELETED: Final = Metric(
     "duotone_operator_children_deleted_total", "Child objects deleted (removed tiers).", (KIND,)
 )
+LEADER: Final = Metric(
+    "duotone_operator_leader",
+    "1 while this operator replica holds the Lease and writes, 0 while it stands by.",
+)
 REPAIRS: Final = Metric(
     "duotone_operator_drift_repairs_total",
     "Repairs of children deleted or edited out of band (each restores one IMD's drifted children).",

@@ -204,6 +204,22 @@ spec:
             summary: "No successful reconcile for {{ .Values.prometheusRule.reconcileStalledMinutes }} minutes while reconciles are being attempted"
             description: "Every reconcile attempt fails; spec changes are not reaching the cluster."
             runbook_url: {{ $runbook }}#duotoneoperatorreconcilestalled
+        - alert: DuotoneOperatorNoLeader
+          expr: sum by (@NAMESPACE@, job) (@LEADER@) == 0
+          for: 2m
+          labels: {severity: critical}
+          annotations:
+            summary: "No operator replica has held the Lease for 2 minutes"
+            description: "Every replica stands by: nothing reconciles or autoscales. Check the Lease {{ .Release.Namespace }}/duotone-operator and the replicas' logs."
+            runbook_url: {{ $runbook }}#duotoneoperatornoleader
+        - alert: DuotoneOperatorSplitBrain
+          expr: sum by (@NAMESPACE@, job) (@LEADER@) > 1
+          for: 1m
+          labels: {severity: critical}
+          annotations:
+            summary: "More than one operator replica believes it writes"
+            description: "{{`{{ $value }}`}} replicas report holding the Lease; they may overwrite each other's changes."
+            runbook_url: {{ $runbook }}#duotoneoperatorsplitbrain
         - alert: DuotoneOperatorWatchStale
           expr: max by (@NAMESPACE@, job) (@WATCH_STALE@) > 0
           for: 10m
@@ -264,6 +280,7 @@ def _tokens() -> dict[str, str]:
         "RECONCILES": m.RECONCILES.name,
         "LAST_SUCCESSFUL_RECONCILE": m.LAST_SUCCESSFUL_RECONCILE.name,
         "WATCH_STALE": m.WATCH_STALE.name,
+        "LEADER": m.LEADER.name,
         "REPLICAS_WANTED": m.REPLICAS_WANTED.name,
         "REPLICAS_MAX": m.REPLICAS_MAX.name,
         "REPLICAS_CURRENT": m.REPLICAS_CURRENT.name,

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pwd
+import socket
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
@@ -21,8 +22,10 @@ from duotone_operator import handlers
 from duotone_operator.adapters import telemetry
 from duotone_operator.adapters.cluster import ClusterError
 from duotone_operator.adapters.kubernetes import KubernetesCluster, client_configuration
+from duotone_operator.adapters.lease import LeaderElector
 from duotone_operator.autoscaler import Autoscaler
 from duotone_operator.policy.freshness import WatchFreshness
+from duotone_operator.policy.leadership import LeaseTiming
 from duotone_operator.render.objects import DEFAULT_ROUTER_IMAGE, RenderSettings
 
 log = logging.getLogger("duotone.operator")
@@ -147,6 +150,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=float(_env("AUTOSCALE_INTERVAL_SECONDS", "2")),
         help="how often each IMD's tiers are re-evaluated; 0 switches the autoscaler off",
     )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=_env("LEADER_ELECTION_NAMESPACE", ""),
+        help="namespace of the coordination Lease that lets one of several replicas write "
+        "(env DUOTONE_LEADER_ELECTION_NAMESPACE; the chart sets its own); empty: no election, "
+        "this process is the only writer",
+    )
+    parser.add_argument(
+        "--leader-election-lease-seconds",
+        type=float,
+        default=float(_env("LEADER_ELECTION_LEASE_SECONDS", "15")),
+        help="how long a Lease lasts without renewal: a standby takes over within about this "
+        "long after the leader dies (renewed every third of it)",
+    )
+    parser.add_argument(
+        "--identity",
+        default=_env("IDENTITY", "") or f"{socket.gethostname()}-{os.getpid()}",
+        help="this replica's name in the Lease (default: host name and process id)",
+    )
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -218,33 +240,55 @@ async def run(args: argparse.Namespace) -> None:
         workers=args.workers,
     )
     handlers.register_child_watches()
-    background: list[asyncio.Task[None]] = [
-        asyncio.create_task(handlers.repair_forever(context)),
-        asyncio.create_task(
-            _check_watch_forever(context, namespaces, watch_check_period(args.watch_grace_seconds))
-        ),
-    ]
-    if args.autoscale_interval_seconds > 0:
-        context.autoscaler = Autoscaler(context.cluster, observed=context.observed)
-        background.append(
-            asyncio.create_task(
-                context.autoscaler.run(context.imd_bodies, args.autoscale_interval_seconds)
-            )
-        )
     start_http_server(args.metrics_port)
     runner = await _serve_health(context, args.health_port)
+    api_client = k8s.ApiClient(client_configuration(args.kubeconfig))
+    elector = (
+        LeaderElector(
+            api_client,
+            args.leader_election_namespace,
+            args.identity,
+            LeaseTiming.for_lease(args.leader_election_lease_seconds),
+        )
+        if args.leader_election_namespace
+        else None
+    )
     log.info(
-        "watching %s; metrics on :%d, health on :%d",
+        "watching %s; metrics on :%d, health on :%d; %s",
         ", ".join(namespaces) or "all namespaces",
         args.metrics_port,
         args.health_port,
+        f"leader election as {args.identity}" if elector else "the only writer",
     )
+    stop = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
     try:
+        if elector is not None:
+            await elector.acquire()
+            background.append(asyncio.create_task(elector.hold(stop)))
+        else:
+            telemetry.LEADER.set(1)
+        background += [
+            asyncio.create_task(handlers.repair_forever(context)),
+            asyncio.create_task(
+                _check_watch_forever(
+                    context, namespaces, watch_check_period(args.watch_grace_seconds)
+                )
+            ),
+        ]
+        if args.autoscale_interval_seconds > 0:
+            context.autoscaler = Autoscaler(context.cluster, observed=context.observed)
+            background.append(
+                asyncio.create_task(
+                    context.autoscaler.run(context.imd_bodies, args.autoscale_interval_seconds)
+                )
+            )
         await kopf.operator(
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,
             memo=kopf.Memo(context=context),
+            stop_flag=stop,
         )
     finally:
         for task in background:
@@ -252,6 +296,13 @@ async def run(args: argparse.Namespace) -> None:
         await runner.cleanup()
         if context.autoscaler is not None:
             await context.autoscaler.close()
+        if elector is not None and not elector.lost:
+            await asyncio.to_thread(elector.release)
+    if elector is not None and elector.lost:
+        # Exit rather than linger: the restarted process stands by for the Lease again.
+        raise SystemExit(
+            "lost the operator Lease; exiting so that the new leader is the only writer"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

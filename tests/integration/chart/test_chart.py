@@ -188,6 +188,37 @@ def test_chart_crd_copy_is_byte_identical_to_crds() -> None:
     assert copy.read_bytes() == CRD_PATH.read_bytes()
 
 
+def _lease(manifest: dict[str, Any]) -> bool:
+    """The leader-election Role or RoleBinding (in the release namespace, every mode)."""
+    return str(manifest["metadata"]["name"]).endswith("-leader-election")
+
+
+def test_replicas_elect_one_writer_through_a_lease_in_the_release_namespace(
+    tmp_path: Path,
+) -> None:
+    objects = render({}, tmp_path)
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    env = {e["name"]: e for e in _pod_specs(objects)[0]["containers"][0]["env"]}
+    assert env["DUOTONE_LEADER_ELECTION_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    assert env["DUOTONE_IDENTITY"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    (role,) = [o for o in objects if o["kind"] == "Role" and _lease(o)]
+    assert role["metadata"]["namespace"] == "duotone-system"
+    assert role["rules"] == yaml.safe_load(
+        (CHART / "files" / "operator-lease-rules.yaml").read_text()
+    )
+    assert only(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    single = render({"operator": {"replicas": 1}}, tmp_path)
+    assert only(single, "Deployment")["spec"]["replicas"] == 1
+    assert not [o for o in single if o["kind"] == "PodDisruptionBudget"]
+
+
 def test_all_namespaces_get_one_cluster_role_with_exactly_the_operator_rules(
     tmp_path: Path,
 ) -> None:
@@ -197,7 +228,7 @@ def test_all_namespaces_get_one_cluster_role_with_exactly_the_operator_rules(
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "duotone", "namespace": "duotone-system"}
     ]
-    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding") and not _lease(o)]
     env = {
         e["name"]: e["value"]
         for e in _pod_specs(objects)[0]["containers"][0]["env"]
@@ -208,11 +239,11 @@ def test_all_namespaces_get_one_cluster_role_with_exactly_the_operator_rules(
 
 def test_listed_namespaces_get_roles_and_only_nodes_stay_cluster_wide(tmp_path: Path) -> None:
     objects = render({"watchNamespaces": ["images", "batch"]}, tmp_path)
-    roles = [o for o in objects if o["kind"] == "Role"]
+    roles = [o for o in objects if o["kind"] == "Role" and not _lease(o)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["batch", "images"]
     namespaced = [r for r in RBAC_RULES if "nodes" not in r["resources"]]
     assert all(r["rules"] == namespaced for r in roles)
-    assert len([o for o in objects if o["kind"] == "RoleBinding"]) == 2
+    assert len([o for o in objects if o["kind"] == "RoleBinding" and not _lease(o)]) == 2
     cluster_role = only(objects, "ClusterRole")
     assert cluster_role["rules"] == [r for r in RBAC_RULES if "nodes" in r["resources"]]
     env = {e["name"]: e.get("value") for e in _pod_specs(objects)[0]["containers"][0]["env"]}

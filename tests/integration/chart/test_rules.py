@@ -26,6 +26,8 @@ ALERTS = {
     "DuotoneOperatorReconcileErrors",
     "DuotoneOperatorReconcileStalled",
     "DuotoneOperatorWatchStale",
+    "DuotoneOperatorNoLeader",
+    "DuotoneOperatorSplitBrain",
     "DuotoneAutoscalerAtMax",
     "DuotoneAutoscalerStalled",
     "DuotoneAutoscalerErrors",
