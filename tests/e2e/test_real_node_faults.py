@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from duotone_contracts.metrics import RECONCILES
+from duotone_operator.adapters.lease import LEASE_NAME
 from duotone_operator.render import names
 from duotone_testbed.cluster import OPERATOR_NAMESPACE, CommandError, RealCluster, poll
 from tests.support.load import SteadyLoad, failures
@@ -136,30 +138,28 @@ def test_operator_pod_deleted_while_traffic_flows(settled: Deployment) -> None:
         return {p["metadata"]["uid"] for p in pods}
 
     before, pods_before = generations(), pod_uids()
-    operator = cluster.operator_pods()[0]
+    operator = poll(lambda: _leader_pod(cluster), timeout_s=60, what="the leading operator pod")
     with SteadyLoad(settled.url, clients=3, arguments=EFFICIENT_REQUEST) as load:
         wait_answered(load, 20)
         cluster.kubectl(
             "delete", "pod", operator["metadata"]["name"], "-n", OPERATOR_NAMESPACE, "--wait=true"
         )
+        # The deleted writer released the Lease: the standby leads and resumes every IMD (its
+        # own count of successful reconciles is the evidence), and a replacement pod stands by.
         poll(
             lambda: (
-                [
-                    p
-                    for p in cluster.operator_pods()
-                    if p["metadata"]["uid"] != operator["metadata"]["uid"] and is_ready(p)
-                ]
-                or None
+                (leader := _leader_pod(cluster)) is not None
+                and leader["metadata"]["uid"] != operator["metadata"]["uid"]
+                and _successful_reconciles(leader) >= 1
             ),
-            timeout_s=180,
-            what="the new operator pod Ready",
+            timeout_s=120,
+            what="a successful reconcile by the new leading operator",
             every_s=1,
         )
-        # Evidence that the new operator has reconciled: its own count of successful reconciles.
         poll(
-            lambda: _successful_reconciles(cluster) >= 1,
-            timeout_s=120,
-            what="a successful reconcile by the new operator",
+            lambda: len([p for p in cluster.operator_pods() if is_ready(p)]) == 2,
+            timeout_s=180,
+            what="the replacement operator pod Ready",
             every_s=1,
         )
         assert cluster.imd_condition(namespace, IMD) == "True"
@@ -170,13 +170,21 @@ def test_operator_pod_deleted_while_traffic_flows(settled: Deployment) -> None:
     assert pod_uids() == pods_before, "the restarted operator replaced pods"
 
 
-def _successful_reconciles(cluster: RealCluster) -> float:
-    """duotone_operator_reconciles_total{result="success"} of the operator pod (its metrics port,
+def _leader_pod(cluster: RealCluster) -> dict[str, Any] | None:
+    """The operator pod that holds the Lease (the chart passes the pod name as its identity)."""
+    try:
+        lease = cluster.get("lease", LEASE_NAME, "-n", OPERATOR_NAMESPACE)
+    except CommandError:
+        return None
+    holder = (lease.get("spec") or {}).get("holderIdentity")
+    found = [p for p in cluster.operator_pods() if p["metadata"]["name"] == holder]
+    return found[0] if found and is_ready(found[0]) else None
+
+
+def _successful_reconciles(pod: dict[str, Any]) -> float:
+    """duotone_operator_reconciles_total{result="success"} of one operator pod (its metrics port,
     reached on the pod's address from this machine)."""
-    pods = [p for p in cluster.operator_pods() if is_ready(p)]
-    if not pods:
-        return 0
-    url = f"http://{pods[0]['status']['podIP']}:9090/metrics"
+    url = f"http://{pod['status']['podIP']}:9090/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     for line in text.splitlines():
