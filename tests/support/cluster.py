@@ -14,7 +14,9 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -281,3 +283,37 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
             yield name
         finally:
             core.delete_namespace(name)
+
+
+def restart_api_server(cluster: Cluster, down_s: float) -> None:
+    """SIGKILL the control plane's kube-apiserver, keep it down for `down_s`, start it again with
+    the same command line, and wait until it is ready. The pid file is updated, so
+    hack/cluster-down.sh stops the new process."""
+    (pid_file,) = cluster.kubeconfig.parent.glob("kwok/clusters/*/pids/kube-apiserver.pid")
+    pid = int(pid_file.read_text().strip())
+    proc = Path(f"/proc/{pid}")
+    argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+    cwd = os.readlink(proc / "cwd")
+    environ = dict(
+        entry.decode().split("=", 1)
+        for entry in (proc / "environ").read_bytes().split(b"\0")
+        if b"=" in entry
+    )
+    log_file = pid_file.parent.parent / "logs" / "kube-apiserver.log"
+    os.kill(pid, signal.SIGKILL)
+    poll(lambda: not proc.exists(), timeout_s=30, what="kube-apiserver to exit", every_s=0.1)
+    down_until = time.monotonic() + down_s
+    poll(
+        lambda: time.monotonic() >= down_until, timeout_s=down_s + 5, what="the outage", every_s=0.2
+    )
+    with log_file.open("ab") as log:
+        started = subprocess.Popen(  # the command line it ran before
+            argv, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    pid_file.write_text(str(started.pid))
+    poll(
+        lambda: cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+        timeout_s=120,
+        what="kube-apiserver to be ready again",
+        every_s=0.5,
+    )
