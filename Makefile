@@ -49,7 +49,9 @@ images: tools ## Build the operator, router and CPU runtime images (buildah, cac
 tools: ## Install Prometheus/promtool (Debian) and build Helm (Go module) if missing
 	hack/install-tools.sh
 
-test: install binaries tools ## The whole suite: unit, integration and e2e on a real control plane
+# Images are built before pytest starts: the first build (a cold cache) takes longer than one
+# test may, and the real-node fixture then only loads them.
+test: install binaries tools images ## The whole suite: unit, integration and e2e on a real control plane
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 cluster-up: binaries tools ## Local control plane: fake GPU nodes and one real node with the images

@@ -2,10 +2,12 @@
 
 Compared in the same run with a baseline: this process server-side applying the same rendered
 children itself, one IMD at a time (the floor for the work, without the operator). Also reports
-the operator's resident memory idle, after N IMDs, and after deleting them.
+the time for all N to converge, the operator client's API requests per reconcile, and the
+operator's resident memory idle, after N IMDs, and after deleting them.
 
     python bench/reconcile.py                   # 200 IMDs created at once (a burst)
     python bench/reconcile.py --interval 0.5    # 200 IMDs, one every 0.5 s
+    python bench/reconcile.py --count 1000 --scaled-to-zero   # fleet scale on the kwok nodes
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from duotone_operator.render.children import render_children
 from duotone_operator.render.objects import RenderSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-CHILDREN_PER_IMD = 13
+CHILDREN_PER_IMD = 18
 METRICS_PORT = 19391
 
 
 def reconcile_summary(metrics: str) -> str:
     """Mean reconcile time and count, from the operator's own histogram."""
     values = {}
+    requests = 0.0
     for line in metrics.splitlines():
         for name in (
             "duotone_operator_reconcile_duration_seconds_sum",
@@ -42,18 +45,26 @@ def reconcile_summary(metrics: str) -> str:
         ):
             if line.startswith(name + " "):
                 values[name] = float(line.split()[1])
+        if line.startswith("duotone_operator_api_requests_total{"):
+            requests += float(line.split()[-1])
     total = values.get("duotone_operator_reconcile_duration_seconds_sum", 0.0)
     count = values.get("duotone_operator_reconcile_duration_seconds_count", 0.0)
     mean = total / count if count else float("nan")
-    return f"operator: {count:.0f} reconciles, mean {mean:.2f} s each"
+    per = requests / count if count else float("nan")
+    return (
+        f"operator: {count:.0f} reconciles, mean {mean:.2f} s each; "
+        f"{requests:.0f} client API requests, {per:.1f} per reconcile"
+    )
 
 
-def manifest(name: str) -> dict[str, Any]:
-    tier = {
+def manifest(name: str, *, scaled_to_zero: bool = False) -> dict[str, Any]:
+    tier: dict[str, Any] = {
         "model": {"source": "builtin://tiny"},
         "defaults": {"steps": 2, "width": 64, "height": 64},
         "resources": {"gpus": 0, "cpu": "100m", "memory": "256Mi"},
     }
+    if scaled_to_zero:  # tiers created at zero: only the router runs a pod
+        tier["replicas"] = {"min": 0, "max": 1}
     return {
         "apiVersion": "duotone.io/v1alpha1",
         "kind": "ImageModelDeployment",
@@ -76,8 +87,15 @@ def rss_mib(pid: int) -> float:
 def child_counts(core: k8s.CoreV1Api, apps: k8s.AppsV1Api, namespace: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     selector = "app.kubernetes.io/managed-by=duotone-operator"
+    rbac, network = (
+        k8s.RbacAuthorizationV1Api(core.api_client),
+        k8s.NetworkingV1Api(core.api_client),
+    )
     lists = (
         core.list_namespaced_service_account(namespace, label_selector=selector).items,
+        rbac.list_namespaced_role(namespace, label_selector=selector).items,
+        rbac.list_namespaced_role_binding(namespace, label_selector=selector).items,
+        network.list_namespaced_network_policy(namespace, label_selector=selector).items,
         core.list_namespaced_config_map(namespace, label_selector=selector).items,
         core.list_namespaced_service(namespace, label_selector=selector).items,
         k8s.PolicyV1Api(core.api_client)
@@ -124,7 +142,8 @@ def operator_phase(
     *,
     count: int,
     interval_s: float,
-) -> tuple[list[float], tuple[float, float, float]]:
+    scaled_to_zero: bool,
+) -> tuple[list[float], tuple[float, float, float], float]:
     """Create `count` IMDs, one every `interval_s` (0: all at once), under a running operator;
     latencies and RSS idle/loaded/after."""
     core, apps, custom = k8s.CoreV1Api(api), k8s.AppsV1Api(api), k8s.CustomObjectsApi(api)
@@ -161,7 +180,9 @@ def operator_phase(
 
         for i in range(count):
             name = f"imd{i:03d}"
-            custom.create_namespaced_custom_object(*group[:3], group[3], manifest(name))
+            custom.create_namespaced_custom_object(
+                *group[:3], group[3], manifest(name, scaled_to_zero=scaled_to_zero)
+            )
             created[name] = time.monotonic()
             if interval_s:
                 next_create = created[name] + interval_s
@@ -169,19 +190,20 @@ def operator_phase(
                     all_done()
                     time.sleep(0.2)
 
-        wait_until(all_done, timeout_s=900, what="every IMD's children")
+        wait_until(all_done, timeout_s=3600, what="every IMD's children")
+        converged = max(done.values()) - min(created.values())
         rss_loaded = rss_mib(operator.pid)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics").read()
         print(reconcile_summary(metrics.decode()))
         for name in created:
             custom.delete_namespaced_custom_object(*group, name)
-        wait_until(lambda: not child_counts(core, apps, "bench"), 300, "garbage collection")
+        wait_until(lambda: not child_counts(core, apps, "bench"), 1800, "garbage collection")
         time.sleep(5)
         rss_after = rss_mib(operator.pid)
     finally:
         operator.terminate()
         operator.wait(timeout=30)
-    return [done[n] - created[n] for n in created], (rss_idle, rss_loaded, rss_after)
+    return [done[n] - created[n] for n in created], (rss_idle, rss_loaded, rss_after), converged
 
 
 def main() -> int:
@@ -194,6 +216,11 @@ def main() -> int:
         default=0.0,
         help="seconds between creates; 0 creates all at once (a burst)",
     )
+    parser.add_argument(
+        "--scaled-to-zero",
+        action="store_true",
+        help="tiers with replicas.min 0 (only the router runs a pod): fleet runs on 2 cores",
+    )
     args = parser.parse_args()
 
     with bench_cluster() as cluster:
@@ -203,13 +230,14 @@ def main() -> int:
                 k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace))
             )
         base = baseline(KubernetesCluster(api), "bench-baseline", args.baseline_count)
-        latencies, (rss_idle, rss_loaded, rss_after) = operator_phase(
+        latencies, (rss_idle, rss_loaded, rss_after), converged = operator_phase(
             cluster.kubeconfig,
             cluster.env,
             cluster.state,
             api,
             count=args.count,
             interval_s=args.interval,
+            scaled_to_zero=args.scaled_to_zero,
         )
 
     p50, p95 = statistics.median(latencies), percentile(latencies, 0.95)
@@ -221,6 +249,7 @@ def main() -> int:
     print(f"| create -> all children, p50 | {p50:.2f} s |")
     print(f"| create -> all children, p95 | {p95:.2f} s |")
     print(f"| create -> all children, max | {max(latencies):.2f} s |")
+    print(f"| first create -> last IMD complete | {converged:.1f} s |")
     print(f"| baseline: direct apply of one IMD's children, p50 (n={len(base)}) | {b50:.2f} s |")
     print(f"| ratio p50 operator / direct apply | {p50 / b50:.1f}x |")
     print(

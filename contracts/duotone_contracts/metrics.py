@@ -37,6 +37,7 @@ CAUSE: Final = "cause"
 HELD: Final = "held"
 STAGE: Final = "stage"
 REASON: Final = "reason"
+VERB: Final = "verb"
 
 _PER_TIER = (NAMESPACE, IMD, TIER)
 """The autoscaler's per-tier series."""
@@ -222,6 +223,12 @@ CHILDREN_APPLIED: Final = Metric(
 )
 CHILDREN_DELETED: Final = Metric(
     "duotone_operator_children_deleted_total", "Child objects deleted (removed tiers).", (KIND,)
+)
+API_REQUESTS: Final = Metric(
+    "duotone_operator_api_requests_total",
+    "Requests of the operator's Kubernetes client (reconcile, repair, autoscaler; not Kopf's "
+    "own watches and progress patches), by HTTP verb.",
+    (VERB,),
 )
 LEADER: Final = Metric(
     "duotone_operator_leader",

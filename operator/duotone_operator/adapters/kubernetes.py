@@ -27,6 +27,7 @@ from kubernetes.dynamic.exceptions import NotFoundError
 
 from duotone_contracts.api.v1alpha1 import API_VERSION, KIND
 from duotone_contracts.services import SERVICE_NAME_LABEL
+from duotone_operator.adapters import telemetry
 from duotone_operator.adapters.cluster import ClusterError, Manifest
 from duotone_operator.plan import ChildKey
 from duotone_operator.render import names
@@ -104,6 +105,21 @@ def _cluster_errors(call: Callable[P, R]) -> Callable[P, R]:
     return translated
 
 
+def _count_requests(api_client: k8s.ApiClient) -> None:
+    """Count every HTTP request this client sends, by verb (`telemetry.API_REQUESTS`)."""
+    rest = api_client.rest_client
+    if getattr(rest, "duotone_counted", False):
+        return
+    send: Callable[..., Any] = getattr(rest, "request")  # noqa: B009 - untyped in the client
+
+    def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        telemetry.API_REQUESTS.labels(method.lower()).inc()
+        return send(method, url, *args, **kwargs)
+
+    setattr(rest, "request", counted)  # noqa: B010 - an instance override, not a class patch
+    setattr(rest, "duotone_counted", True)  # noqa: B010
+
+
 REQUEST_TIMEOUT_SECONDS = (5.0, 30.0)
 """(connect, read) limit of every call: a call to an API server that stopped answering fails
 (and is retried with backoff) instead of holding a worker forever."""
@@ -119,6 +135,7 @@ class KubernetesCluster:
     ) -> None:
         self._api_client = api_client
         self._timeout = request_timeout
+        _count_requests(api_client)
         self._dynamic: DynamicClient | None = None
         self._resources: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()

@@ -27,6 +27,7 @@ CHILDREN_DELETED = Counter(
 WATCH_STALE = Gauge(m.WATCH_STALE.name, m.WATCH_STALE.help)
 REPAIRS = Counter(m.REPAIRS.name, m.REPAIRS.help)
 LEADER = Gauge(m.LEADER.name, m.LEADER.help)
+API_REQUESTS = Counter(m.API_REQUESTS.name, m.API_REQUESTS.help, m.API_REQUESTS.labels)
 
 # The autoscaler, per tier of each IMD (labels namespace, imd, tier).
 SCALE_DECISIONS = Counter(m.SCALE_DECISIONS.name, m.SCALE_DECISIONS.help, m.SCALE_DECISIONS.labels)
