@@ -91,8 +91,8 @@ def _install(cluster: Cluster, chart: Path, values: dict[str, Any], workdir: Pat
 
 
 def _run_installed_operator(cluster: Cluster, workdir: Path) -> OperatorProcess:
-    """The operator as the chart's Deployment configures it (its environment and account),
-    as a local process: kwok's pods run no containers."""
+    """The operator as the chart's Deployment configures it (its environment, account and
+    Lease), as a local process: kwok's pods run no containers."""
     deployment = cluster.get_json("deployment", RELEASE, f"--namespace={SYSTEM}")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -102,9 +102,18 @@ def _run_installed_operator(cluster: Cluster, workdir: Path) -> OperatorProcess:
     return start_operator(
         kubeconfig,
         workdir / "operator.log",
-        (*container.get("args", []), "--autoscale-interval-seconds=0"),
-        env={e["name"]: e["value"] for e in container["env"] if "value" in e},
+        tuple(container.get("args", [])),
+        env={
+            e["name"]: _field(e) if "valueFrom" in e else e.get("value", "")
+            for e in container["env"]
+        },
     )
+
+
+def _field(variable: dict[str, Any]) -> str:
+    """A downward-API variable's value for the local process: the pod's namespace and name."""
+    path = variable["valueFrom"]["fieldRef"]["fieldPath"]
+    return {"metadata.namespace": SYSTEM, "metadata.name": f"{RELEASE}-local"}[path]
 
 
 def _release_objects(cluster: Cluster) -> list[str]:
@@ -147,7 +156,7 @@ def test_install_reconcile_upgrade_and_uninstall(helm_cluster: Cluster, tmp_path
 
     # Installed: the pod passed PodSecurity "restricted" admission and became ready.
     deployment = cluster.get_json("deployment", RELEASE, f"--namespace={SYSTEM}")
-    assert deployment["status"].get("readyReplicas") == 1, deployment["status"]
+    assert deployment["status"].get("readyReplicas") == 2, deployment["status"]
     annotations = (_crd(cluster) or {}).get("metadata", {}).get("annotations", {})
     assert annotations["helm.sh/resource-policy"] == "keep"
     assert annotations["meta.helm.sh/release-name"] == RELEASE
@@ -188,8 +197,11 @@ def test_install_reconcile_upgrade_and_uninstall(helm_cluster: Cluster, tmp_path
         printed = cluster.kubectl("get", "imd", name, f"--namespace={WORKLOADS}").stdout
         assert "ROUTERS" in printed.splitlines()[0], printed
         wait_ready(cluster, WORKLOADS, name, operator)
-
-        cluster.kubectl("delete", "imd", name, f"--namespace={WORKLOADS}", "--wait=true")
+        lease = cluster.get_json("lease", "duotone-operator", f"--namespace={SYSTEM}")
+        assert lease["spec"]["holderIdentity"] == f"{RELEASE}-local", "the chart's Lease Role"
+        assert not cluster.get_json("imd", name, f"--namespace={WORKLOADS}")["metadata"].get(
+            "finalizers"
+        ), "the autoscaler (on, as the chart sets it) adds no finalizer"
     finally:
         operator.stop()
 
@@ -198,6 +210,8 @@ def test_install_reconcile_upgrade_and_uninstall(helm_cluster: Cluster, tmp_path
     wait_for(lambda: not _release_objects(cluster), timeout_s=60, what="release objects gone")
     assert _crd(cluster) is not None
     assert json.loads(_helm(cluster, "list", f"--namespace={SYSTEM}", "--output=json")) == []
+    # The kept CRD does not strand IMDs: with no operator left, deleting one completes.
+    cluster.kubectl("delete", "imd", name, f"--namespace={WORKLOADS}", "--timeout=30s")
     wait_for(
         lambda: (
             not cluster.get_json(
