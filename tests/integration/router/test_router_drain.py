@@ -29,12 +29,14 @@ REQUEST = {"prompt": "drain", "tier": "efficient"}
 
 
 def _refuses_connections(url: str) -> bool:
+    """No new connection is served: refused, or reset when the listener closed with the
+    connection still in its backlog (the race of a probe with the close itself)."""
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310 - loopback
             return False
     except urllib.error.URLError as error:
-        return isinstance(error.reason, ConnectionRefusedError)
-    except ConnectionRefusedError:
+        return isinstance(error.reason, ConnectionRefusedError | ConnectionResetError)
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
