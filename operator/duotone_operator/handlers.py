@@ -354,14 +354,15 @@ def _refresh_once(context: OperatorContext, namespace: str, name: str) -> bool:
     return True
 
 
-def child_changed(
+async def child_changed(
     body: kopf.Body,
     type: str | None,  # noqa: A002 - Kopf's name for the watch event type
     namespace: str | None,
     memo: Any,
     **_: Any,
 ) -> None:
-    """A child was deleted or written by someone else: queue a repair of its IMD."""
+    """A child was deleted or written by someone else: queue a repair of its IMD. (Async: no
+    I/O, so it runs on the event loop instead of queueing for a worker thread.)"""
     metadata = body.get("metadata", {})
     owner = (metadata.get("labels") or {}).get("app.kubernetes.io/instance")
     if not owner or not namespace:
@@ -424,7 +425,7 @@ def register_child_watches() -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def watch_delivered(body: kopf.Body, type: str, memo: Any, **_: Any) -> None:  # noqa: A002
+async def watch_delivered(body: kopf.Body, type: str, memo: Any, **_: Any) -> None:  # noqa: A002
     """Record what the watch delivers: versions for the liveness probe (`policy.freshness`),
     bodies for the autoscaler loop and drift repair."""
     metadata = body.get("metadata", {})

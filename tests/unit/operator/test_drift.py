@@ -3,6 +3,7 @@ through the handlers against the in-memory FakeCluster."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -148,22 +149,25 @@ def _reconciled(cluster: FakeCluster, context: OperatorContext) -> dict[str, Any
     patch = kopf.Patch()
     handlers.reconcile(body=body, patch=patch, retry=0, memo={"context": context})
     cluster.patch_imd_status(NS, "sd", dict(patch["status"]))
-    handlers.watch_delivered(body=cluster.imd(NS, "sd"), type="ADDED", memo={"context": context})
+    asyncio.run(
+        handlers.watch_delivered(
+            body=cluster.imd(NS, "sd"), type="ADDED", memo={"context": context}
+        )
+    )
     return cluster.imd(NS, "sd")
 
 
 def _event(
-    context: OperatorContext, body: dict[str, Any] | None, kind: str, name: str, type_: str
+    context: OperatorContext, body: dict[str, Any] | None, kind: str, name: str, type_: str | None
 ) -> None:
-    handlers.child_changed(
-        body=body
-        or {
-            "kind": kind,
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/instance": "sd"}},
-        },
-        type=type_,
-        namespace=NS,
-        memo={"context": context},
+    labels = {"app.kubernetes.io/instance": "sd"}
+    asyncio.run(
+        handlers.child_changed(
+            body=body or {"kind": kind, "metadata": {"name": name, "labels": labels}},
+            type=type_,
+            namespace=NS,
+            memo={"context": context},
+        )
     )
 
 
