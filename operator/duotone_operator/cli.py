@@ -270,6 +270,7 @@ async def run(args: argparse.Namespace) -> None:
             telemetry.LEADER.set(1)
         background += [
             asyncio.create_task(handlers.repair_forever(context)),
+            asyncio.create_task(handlers.refresh_forever(context)),
             asyncio.create_task(
                 _check_watch_forever(
                     context, namespaces, watch_check_period(args.watch_grace_seconds)

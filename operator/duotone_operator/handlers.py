@@ -78,6 +78,8 @@ class OperatorContext:
     """None when autoscaling is switched off for the whole operator."""
     drift_seen: dict[tuple[str, str, str], Seen] = field(default_factory=dict)
     """Per child ((kind, namespace, name)): the foreign write last seen (`plan.drift_verdict`)."""
+    stale_status: set[tuple[str, str]] = field(default_factory=set)
+    """IMDs whose Deployments moved since their status was last refreshed."""
     drifted: dict[tuple[str, str], set[ChildKey]] = field(default_factory=dict)
     """IMDs waiting for a repair, with the children that drifted."""
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
@@ -290,15 +292,15 @@ def execute(cluster: Cluster, body: Mapping[str, Any], plan: ReconcilePlan) -> N
 @kopf.on.event(
     "apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": names.MANAGED_BY}
 )
-def deployment_changed(
+async def deployment_changed(
     body: kopf.Body,
     type: str,  # noqa: A002 - Kopf's name for the watch event type
     namespace: str | None,
     memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    """A child Deployment moved (pods became ready, a rollout finished): refresh the status."""
+    """A child Deployment moved (pods became ready, a rollout finished): queue a status refresh
+    of its IMD (`refresh_forever` writes it; a burst of events becomes one refresh)."""
     owner = (body.get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/instance")
     if not owner or not namespace:
         return
@@ -311,13 +313,33 @@ def deployment_changed(
     if context.observed.get(key) == observation:
         return
     context.observed[key] = observation
+    context.stale_status.add((namespace, owner))
+
+
+def refresh_status(context: OperatorContext, namespace: str, name: str) -> None:
+    """Rewrite one IMD's status from its Deployments, retrying on a conflict."""
     try:
         for _attempt in range(REFRESH_ATTEMPTS):
-            if _refresh_once(context, namespace, owner):
+            if _refresh_once(context, namespace, name):
                 return
     except ClusterError as exc:
         if exc.status != 404:
-            logger.warning("status refresh of %s/%s failed: %s", namespace, owner, exc.message)
+            log.warning("status refresh of %s/%s failed: %s", namespace, name, exc.message)
+
+
+async def refresh_forever(context: OperatorContext, interval_seconds: float = 1.0) -> None:
+    """Every `interval_seconds`, refresh the status of the IMDs whose Deployments moved, at most
+    `context.workers` at a time."""
+    limit = asyncio.Semaphore(max(1, context.workers))
+
+    async def one(namespace: str, name: str) -> None:
+        async with limit:
+            await asyncio.to_thread(refresh_status, context, namespace, name)
+
+    while True:
+        await asyncio.sleep(interval_seconds)
+        pending, context.stale_status = context.stale_status, set()
+        await asyncio.gather(*(one(namespace, name) for namespace, name in sorted(pending)))
 
 
 REFRESH_ATTEMPTS = 3

@@ -60,6 +60,18 @@ def reconcile(context: OperatorContext, body: dict[str, Any], retry: int = 0) ->
     return patch
 
 
+def deployment_event(context: OperatorContext, deployment: Any) -> None:
+    """A Deployment watch event, then the refresh it queued (as `refresh_forever` would)."""
+    asyncio.run(
+        handlers.deployment_changed(
+            body=deployment, type="MODIFIED", namespace=NS, memo={"context": context}
+        )
+    )
+    pending, context.stale_status = context.stale_status, set()
+    for namespace, name in pending:
+        handlers.refresh_status(context, namespace, name)
+
+
 def _reasons(cluster: FakeCluster) -> list[str]:
     return [event.reason for event in cluster.events]
 
@@ -241,14 +253,7 @@ def test_a_deployment_becoming_ready_refreshes_the_status(
             updatedReplicas=desired,
             observedGeneration=1,
         )
-        deployment = cluster.get("Deployment", NS, name)
-        handlers.deployment_changed(
-            body=deployment,
-            type="MODIFIED",
-            namespace=NS,
-            memo={"context": context},
-            logger=handlers.log,
-        )
+        deployment_event(context, cluster.get("Deployment", NS, name))
     status = cluster.imd(NS, "sd")["status"]
     assert _reasons_by_condition(status)["Ready"] == "AllTiersReady"
     assert status["tiers"]["efficient"]["readiness"] == "1/1"
@@ -300,13 +305,7 @@ def _ready_everywhere(cluster: FakeCluster, context: OperatorContext) -> None:
             updatedReplicas=desired,
             observedGeneration=1,
         )
-        handlers.deployment_changed(
-            body=cluster.get("Deployment", NS, name),
-            type="MODIFIED",
-            namespace=NS,
-            memo={"context": context},
-            logger=handlers.log,
-        )
+        deployment_event(context, cluster.get("Deployment", NS, name))
 
 
 def test_a_missing_claim_keeps_ready_false_and_the_generation_unobserved_through_refreshes(
@@ -396,3 +395,33 @@ def test_no_handler_makes_kopf_put_a_finalizer_on_an_imd() -> None:
     assert every, "the reconcile handlers are registered"
     assert not [h.id for h in every if h.requires_finalizer]
     assert not list(registry._spawning.get_all_handlers()), "no timer or daemon"
+
+
+def test_a_burst_of_deployment_events_becomes_one_status_refresh(
+    cluster: FakeCluster, context: OperatorContext
+) -> None:
+    reconcile(context, cluster.create_imd(_manifest("efficient", "flagship")))
+    for name in ("sd-efficient", "sd-flagship", "sd-router"):
+        cluster.set_deployment_status(NS, name, replicas=1, readyReplicas=1, updatedReplicas=1)
+        asyncio.run(
+            handlers.deployment_changed(
+                body=cluster.get("Deployment", NS, name),
+                type="MODIFIED",
+                namespace=NS,
+                memo={"context": context},
+            )
+        )
+    assert context.stale_status == {(NS, "sd")}
+    before = cluster.calls.count("patch_imd_status")
+
+    async def one_round() -> None:
+        task = asyncio.create_task(handlers.refresh_forever(context, interval_seconds=0.01))
+        for _ in range(500):
+            if cluster.calls.count("patch_imd_status") > before:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(one_round())
+    assert cluster.calls.count("patch_imd_status") == before + 1
+    assert cluster.imd(NS, "sd")["status"]["tiers"]["flagship"]["readiness"] == "1/1"
