@@ -408,11 +408,16 @@ def test_restart_during_reconcile_of_20_imds_ends_exactly_right(
 def test_missing_reference_is_reported_retried_with_backoff_then_fixed(
     cluster: Cluster, namespace: str, run_operator: Any, reference: str, reason: str
 ) -> None:
+    from tests.support.operator_process import grant_secret_reads  # noqa: PLC0415
+
     manifest = _tiny("sd")
     if reference == "pvc":
         manifest["spec"]["tiers"]["efficient"]["model"]["source"] = "pvc://model-store/sdxl"
     else:
         manifest["spec"]["router"] = {"apiKeysSecretRef": {"name": "sd-api-keys"}}
+        # Secret reads are granted per watched namespace (a namespaced install), never
+        # cluster-wide: without them the operator cannot tell that the Secret is missing.
+        grant_secret_reads(cluster, namespace)
     operator: OperatorProcess = run_operator(namespace)
     _create_imd(cluster, namespace, manifest)
 

@@ -2,7 +2,10 @@
 
 The operator runs as a subprocess (`python -m duotone_operator`) with a kubeconfig that holds
 only a ServiceAccount token bound to `charts/duotone/files/operator-rbac-rules.yaml`, so every
-test that passes also proves those rules are enough.
+test that passes also proves those rules are enough. Those are the cluster-wide rules, with no
+Secret read; a test that needs the operator to read Secrets grants
+`charts/duotone/files/operator-secret-rules.yaml` in its own namespace (`grant_secret_reads`),
+as a namespaced install does.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tests.support.cluster import Cluster, wait_for
 from tests.support.manifests import CRD_PATH, ROOT
 
 RBAC_RULES = ROOT / "charts" / "duotone" / "files" / "operator-rbac-rules.yaml"
+SECRET_RULES = ROOT / "charts" / "duotone" / "files" / "operator-secret-rules.yaml"
 OPERATOR_NAMESPACE = "duotone-system"
 OPERATOR_ACCOUNT = "duotone-operator"
 
@@ -90,6 +94,51 @@ def operator_kubeconfig(
         apply(cluster, manifest)
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"
     return token_kubeconfig(cluster, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, path)
+
+
+def grant_secret_reads(cluster: Cluster, namespace: str) -> None:
+    """Bind the operator's ServiceAccount to the Secret rules in `namespace` alone (what the
+    chart's Role grants in each watched namespace)."""
+    name = f"{OPERATOR_ACCOUNT}-secrets"
+    apply(
+        cluster,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": name, "namespace": namespace},
+            "rules": yaml.safe_load(SECRET_RULES.read_text()),
+        },
+    )
+    apply(
+        cluster,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": OPERATOR_ACCOUNT,
+                    "namespace": OPERATOR_NAMESPACE,
+                }
+            ],
+        },
+    )
+
+    def granted() -> bool:
+        result = cluster.kubectl(
+            "auth",
+            "can-i",
+            "get",
+            "secrets",
+            f"--namespace={namespace}",
+            f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}",
+            check=False,
+        )
+        return result.stdout.strip() == "yes"
+
+    wait_for(granted, timeout_s=30, what=f"the operator's Secret reads in {namespace}")
 
 
 def token_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:

@@ -247,13 +247,25 @@ class KubernetesCluster:
 
     @_cluster_errors
     def missing(self, wanted: References, namespace: str) -> References:
-        """The subset of `wanted` that does not exist."""
+        """The subset of `wanted` that does not exist. A Secret the operator may not read
+        counts as present: it cannot tell, and a missing one shows in the pods."""
         claims = [
             c
             for c in wanted.claims
             if not self._exists("v1", "PersistentVolumeClaim", namespace, c)
         ]
-        secrets = [s for s in wanted.secrets if not self._exists("v1", "Secret", namespace, s)]
+
+        def secret_missing(name: str) -> bool:
+            try:
+                return not self._exists("v1", "Secret", namespace, name)
+            except ApiException as error:
+                # A cluster-wide install grants no Secret read (operator-rbac-rules.yaml); the
+                # pods of a missing Secret wait in ContainerCreating with a FailedMount event.
+                if error.status == 403:
+                    return False
+                raise
+
+        secrets = [s for s in wanted.secrets if secret_missing(s)]
         offered = self.offered_resources(wanted.gpu_resources) if wanted.gpu_resources else set()
         return References(
             claims=frozenset(claims),

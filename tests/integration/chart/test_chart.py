@@ -19,6 +19,7 @@ from tests.support.manifests import CRD_PATH, ROOT
 
 KUBE_VERSION = "1.34.0"
 RBAC_RULES = yaml.safe_load((CHART / "files" / "operator-rbac-rules.yaml").read_text())
+SECRET_RULES = yaml.safe_load((CHART / "files" / "operator-secret-rules.yaml").read_text())
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 VALUE_SETS = [
@@ -242,7 +243,7 @@ def test_listed_namespaces_get_roles_and_only_nodes_stay_cluster_wide(tmp_path: 
     roles = [o for o in objects if o["kind"] == "Role" and not _lease(o)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["batch", "images"]
     namespaced = [r for r in RBAC_RULES if "nodes" not in r["resources"]]
-    assert all(r["rules"] == namespaced for r in roles)
+    assert all(r["rules"] == namespaced + SECRET_RULES for r in roles)
     assert len([o for o in objects if o["kind"] == "RoleBinding" and not _lease(o)]) == 2
     cluster_role = only(objects, "ClusterRole")
     assert cluster_role["rules"] == [r for r in RBAC_RULES if "nodes" in r["resources"]]
@@ -300,3 +301,125 @@ def test_router_pods_default_to_the_router_image(
     ][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["DUOTONE_ROUTER_IMAGE"] == image
+
+
+def _secret_rules(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in role["rules"] if "secrets" in r["resources"]]
+
+
+def test_all_namespaces_read_no_secret_anywhere(tmp_path: Path) -> None:
+    objects = render({}, tmp_path)
+    roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role")]
+    assert roles
+    assert not [r["metadata"]["name"] for r in roles if _secret_rules(r)]
+
+
+def test_listed_namespaces_grant_secret_reads_only_in_their_roles(tmp_path: Path) -> None:
+    objects = render({"watchNamespaces": ["images", "batch"]}, tmp_path)
+    for cluster_role in (o for o in objects if o["kind"] == "ClusterRole"):
+        assert not _secret_rules(cluster_role), cluster_role["metadata"]["name"]
+    granted = {
+        o["metadata"]["namespace"]: _secret_rules(o)
+        for o in objects
+        if o["kind"] == "Role" and _secret_rules(o)
+    }
+    assert granted == {
+        "images": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+        "batch": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    }
+
+
+def _admission_policy(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return (
+        only(objects, "ValidatingAdmissionPolicy"),
+        only(objects, "ValidatingAdmissionPolicyBinding"),
+    )
+
+
+def _variables(policy: dict[str, Any]) -> dict[str, str]:
+    return {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+
+
+def test_admission_policy_denies_imd_writes_by_default(tmp_path: Path) -> None:
+    policy, binding = _admission_policy(render({}, tmp_path))
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == ["duotone.io"]
+    assert rule["resources"] == ["imagemodeldeployments"]
+    assert sorted(rule["operations"]) == ["CREATE", "UPDATE"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert "matchResources" not in binding["spec"], "all namespaces"
+    variables = _variables(policy)
+    assert json.loads(variables["allowedImagePrefixes"]) == ["registry.example.com/"]
+    assert json.loads(variables["allowedTolerationKeys"]) == []
+    fields = " ".join(v.get("messageExpression", "") for v in policy["spec"]["validations"])
+    for field in (
+        "spec.runtime.image",
+        "spec.router.image",
+        "spec.tiers.efficient.scheduling.tolerations[",
+        "spec.tiers.flagship.scheduling.tolerations[",
+    ):
+        assert field in fields, field
+
+
+def test_admission_policy_is_absent_when_disabled(tmp_path: Path) -> None:
+    objects = render({"admissionPolicy": {"enabled": False}}, tmp_path)
+    assert not [o for o in objects if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_admission_policy_lists_reach_cel_as_literals_whatever_they_hold(tmp_path: Path) -> None:
+    """The lists are rendered with toJson: a quote or backslash cannot end the CEL string."""
+    prefixes = ['registry.example.com/team"a/', "registry.example.com/b\\c/", ""]
+    keys = ["duotone.io/dedicated", "gpu"]
+    values = {"admissionPolicy": {"allowedImagePrefixes": prefixes, "allowedTolerationKeys": keys}}
+    variables = _variables(_admission_policy(render(values, tmp_path))[0])
+    assert json.loads(variables["allowedImagePrefixes"]) == prefixes
+    assert json.loads(variables["allowedTolerationKeys"]) == keys
+
+
+def test_listed_namespaces_bind_the_admission_policy_to_them_only(tmp_path: Path) -> None:
+    _, binding = _admission_policy(render({"watchNamespaces": ["images", "batch"]}, tmp_path))
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "In",
+                "values": ["images", "batch"],
+            }
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        pytest.param(
+            {"admissionPolicy": {"allowedImagePrefixes": []}},
+            "admissionPolicy.allowedImagePrefixes",
+            id="no image prefix (use [''] to allow every image)",
+        ),
+        pytest.param(
+            {"admissionPolicy": {"allowedImagePrefixes": ["registry.example.com"]}},
+            "admissionPolicy.allowedImagePrefixes.0",
+            id="registry without its slash (would allow registry.example.com.evil)",
+        ),
+        pytest.param(
+            {"admissionPolicy": {"allowedTolerationKeys": ["not a key"]}},
+            "admissionPolicy.allowedTolerationKeys.0",
+            id="toleration key not a qualified name",
+        ),
+        pytest.param(
+            {"admissionPolicy": {"allowedRegistries": ["x/"]}},
+            "admissionPolicy",
+            id="unknown admissionPolicy key",
+        ),
+    ],
+)
+def test_admission_policy_values_are_checked_naming_the_field(
+    values: dict[str, Any], field: str, tmp_path: Path
+) -> None:
+    with pytest.raises(HelmError) as error:
+        render(values, tmp_path)
+    assert "values don't meet the specifications of the schema" in str(error.value)
+    assert field.replace(".", "/") in str(error.value), str(error.value)

@@ -8,24 +8,33 @@ import yaml
 
 from tests.support.manifests import ROOT
 
-RULES_PATH = ROOT / "charts" / "duotone" / "files" / "operator-rbac-rules.yaml"
-RULES: list[dict[str, Any]] = yaml.safe_load(RULES_PATH.read_text())
+FILES = ROOT / "charts" / "duotone" / "files"
+RULES: list[dict[str, Any]] = yaml.safe_load((FILES / "operator-rbac-rules.yaml").read_text())
+SECRET_RULES: list[dict[str, Any]] = yaml.safe_load(
+    (FILES / "operator-secret-rules.yaml").read_text()
+)
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
-def _grants(resource: str) -> set[str]:
-    return {v for r in RULES if resource in r["resources"] for v in r["verbs"]}
+def _grants(resource: str, rules: list[dict[str, Any]] = RULES) -> set[str]:
+    return {v for r in rules if resource in r["resources"] for v in r["verbs"]}
 
 
 def test_no_wildcards_and_no_privilege_verbs() -> None:
-    for rule in RULES:
+    for rule in RULES + SECRET_RULES:
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[key], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
 
 
-def test_secrets_are_never_written_listed_or_watched() -> None:
-    assert _grants("secrets") == {"get"}
+def test_the_cluster_wide_rules_read_no_secret() -> None:
+    assert _grants("secrets") == set()
+    assert _grants("persistentvolumeclaims") == {"get"}
+
+
+def test_the_secret_rules_grant_only_get_on_secrets() -> None:
+    """The rules a namespaced install adds to each watched namespace's Role."""
+    assert SECRET_RULES == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
 
 
 def test_children_can_be_applied_and_deleted_but_pods_are_not_touched() -> None:
