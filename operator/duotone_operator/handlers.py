@@ -22,6 +22,7 @@ import kopf
 from duotone_contracts.api.v1alpha1 import GROUP, PLURAL, VERSION, ImageModelDeployment, TierName
 from duotone_contracts.api.validation import InvalidSpecError, parse_imd
 from duotone_operator.adapters import telemetry
+from duotone_operator.adapters.child_index import ChildIndex
 from duotone_operator.adapters.cluster import Cluster, ClusterError
 from duotone_operator.adapters.kubernetes import client_configuration, connection_info
 from duotone_operator.autoscaler import Autoscaler
@@ -87,6 +88,8 @@ class OperatorContext:
     imds: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     """The latest body of every live IMD the watch delivered ((namespace, name) -> body): what
     the autoscaler loop and drift repair work from, without listing."""
+    children: ChildIndex = field(default_factory=ChildIndex)
+    """The watches' view of every child (the cluster adapter reads it instead of listing)."""
 
     def imd_bodies(self) -> list[Mapping[str, Any]]:
         return list(self.imds.values())
@@ -177,6 +180,7 @@ def reconcile(
 ) -> None:
     """Make the children match the spec, then report status."""
     context = _context(memo)
+    context.children.synced = True  # Kopf runs no handler before every index is listed
     started = time.monotonic()
     metadata = body.get("metadata", {})
     try:
@@ -394,6 +398,7 @@ async def child_changed(
     seen_key = (child_key[0], namespace, child_key[1])
     repair, seen = drift_verdict(type, body, context.drift_seen.get(seen_key, UNSEEN))
     if type == "DELETED":
+        context.children.gone(body)
         context.drift_seen.pop(seen_key, None)
     else:
         context.drift_seen[seen_key] = seen
@@ -440,9 +445,17 @@ async def repair_forever(context: OperatorContext, interval_seconds: float = 1.0
                 context.drifted.setdefault((namespace, name), set()).update(children)
 
 
+async def child_indexed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Keep the index of children current (listed, added, modified; deletions reach
+    `child_changed`). A Kopf index handler, so that no handler runs before every kind of child
+    was listed; it returns nothing, so Kopf's own index stays empty."""
+    _context(memo).children.seen(body)
+
+
 def register_child_watches() -> None:
     """Watch every kind of child (server-side label selector, see `configure`)."""
     for api_version, kind in CHILD_KINDS:
+        kopf.index(api_version, CHILD_PLURALS[kind], id=f"children-{kind}")(child_indexed)
         kopf.on.event(api_version, CHILD_PLURALS[kind], id=f"drift-{kind}")(child_changed)
 
 
@@ -452,6 +465,7 @@ async def watch_delivered(body: kopf.Body, type: str, memo: Any, **_: Any) -> No
     bodies for the autoscaler loop and drift repair."""
     metadata = body.get("metadata", {})
     context = _context(memo)
+    context.children.synced = True  # Kopf runs no handler before every index is listed
     if metadata.get("uid") and metadata.get("resourceVersion"):
         context.freshness.delivered(
             metadata["uid"], metadata["resourceVersion"], deleted=type == "DELETED"

@@ -28,6 +28,7 @@ from kubernetes.dynamic.exceptions import NotFoundError
 from duotone_contracts.api.v1alpha1 import API_VERSION, KIND
 from duotone_contracts.services import SERVICE_NAME_LABEL
 from duotone_operator.adapters import telemetry
+from duotone_operator.adapters.child_index import ChildIndex
 from duotone_operator.adapters.cluster import ClusterError, Manifest
 from duotone_operator.plan import ChildKey
 from duotone_operator.render import names
@@ -132,9 +133,13 @@ class KubernetesCluster:
         self,
         api_client: k8s.ApiClient,
         request_timeout: tuple[float, float] = REQUEST_TIMEOUT_SECONDS,
+        index: ChildIndex | None = None,
     ) -> None:
         self._api_client = api_client
         self._timeout = request_timeout
+        self.index = index
+        """The watches' view of the children (`adapters.child_index`): once synced, `children`
+        reads it instead of listing; applies and deletes write through it."""
         _count_requests(api_client)
         self._dynamic: DynamicClient | None = None
         self._resources: dict[tuple[str, str], Any] = {}
@@ -165,11 +170,16 @@ class KubernetesCluster:
             _request_timeout=self._timeout,
         )
         applied: Manifest = result.to_dict()
+        if self.index is not None:
+            self.index.seen(applied)
         return applied
 
     @_cluster_errors
     def children(self, namespace: str, imd: str) -> dict[ChildKey, Manifest]:
-        """Every child of one IMD, found by its labels."""
+        """Every child of one IMD, found by its labels: from the index once it is synced (slim
+        copies, `child_index.slim`), else one LIST call per kind of child."""
+        if self.index is not None and self.index.synced:
+            return self.index.children(namespace, imd)
         found: dict[ChildKey, Manifest] = {}
         for api_version, kind in CHILD_KINDS:
             listed = self._resource(api_version, kind).get(
@@ -197,7 +207,11 @@ class KubernetesCluster:
                 _request_timeout=self._timeout,
             )
         except NotFoundError:
+            if self.index is not None:
+                self.index.gone(manifest)
             return False
+        if self.index is not None:
+            self.index.gone(manifest)
         return True
 
     @_cluster_errors

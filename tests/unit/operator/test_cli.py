@@ -113,3 +113,50 @@ def test_liveness_reads_the_background_verdict_and_an_api_outage_is_not_a_dead_w
         return codes
 
     assert asyncio.run(scenario()) == [503, 503, 200, 200]
+
+
+_ARENAS_PROBE = """
+import ctypes, ctypes.util, os, sys, tempfile, threading
+from duotone_operator import cli
+print(cli.limit_malloc_arenas(), flush=True)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fdopen.restype = ctypes.c_void_p
+barrier = threading.Barrier(8)
+def work():
+    barrier.wait()  # every thread allocates at once: glibc gives each an arena if it may
+    blocks = [libc.malloc(4096) for _ in range(2000)]
+    barrier.wait()
+    for block in blocks:
+        libc.free(block)
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+with tempfile.TemporaryFile() as out:
+    fp = libc.fdopen(os.dup(out.fileno()), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(fp))
+    libc.fflush(ctypes.c_void_p(fp))
+    out.seek(0)
+    print(out.read().decode().count("<heap nr="))
+"""
+
+
+def _arenas(environ: dict[str, str]) -> tuple[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", _ARENAS_PROBE],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    limited, heaps = done.stdout.split()
+    return limited, int(heaps)
+
+
+def test_the_operator_caps_glibc_malloc_arenas_unless_the_environment_says_otherwise() -> None:
+    environ = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    assert _arenas(environ) == ("True", cli.MALLOC_ARENAS)
+    limited, heaps = _arenas({**environ, "MALLOC_ARENA_MAX": "6"})
+    assert limited == "False", "the environment wins"
+    assert cli.MALLOC_ARENAS < heaps <= 6

@@ -224,3 +224,17 @@ def test_events_of_children_of_unknown_imds_queue_nothing() -> None:
     context = OperatorContext(cluster=FakeCluster())
     _event(context, None, "ConfigMap", "sd-router-config", "DELETED")
     assert not context.drifted
+
+
+def test_the_child_index_follows_the_watches() -> None:
+    cluster = FakeCluster()
+    context = OperatorContext(cluster=cluster)
+    _reconciled(cluster, context)
+    child = cluster.get("ConfigMap", NS, "sd-router-config")
+    assert child is not None
+    child["kind"] = "ConfigMap"
+    asyncio.run(handlers.child_indexed(body=child, memo={"context": context}))
+    assert ("ConfigMap", "sd-router-config") in context.children.children(NS, "sd")
+    _event(context, child, "ConfigMap", "sd-router-config", "DELETED")
+    assert ("ConfigMap", "sd-router-config") not in context.children.children(NS, "sd")
+    assert context.children.synced, "a handler ran: Kopf had listed every kind of child"
