@@ -317,3 +317,32 @@ def restart_api_server(cluster: Cluster, down_s: float) -> None:
         what="kube-apiserver to be ready again",
         every_s=0.5,
     )
+    # Ready is not yet serving everything: custom resources come back once the API server has
+    # re-read the CRDs.
+    poll(
+        lambda: (
+            cluster.kubectl(
+                "get", "imagemodeldeployments", "--all-namespaces", check=False
+            ).returncode
+            == 0
+        ),
+        timeout_s=120,
+        what="kube-apiserver to serve the IMDs again",
+        every_s=0.5,
+    )
+    # The controller manager's watches reconnect with a backoff of their own: a namespace gets
+    # its default ServiceAccount again only then (every test's `namespace` fixture waits for it).
+    probe = f"apiserver-restart-probe-{os.getpid()}"
+    cluster.kubectl("create", "namespace", probe)
+    poll(
+        lambda: (
+            cluster.kubectl(
+                "get", "serviceaccount", "default", f"--namespace={probe}", check=False
+            ).returncode
+            == 0
+        ),
+        timeout_s=180,
+        what="the controller manager to serve again (a new namespace's default ServiceAccount)",
+        every_s=1,
+    )
+    cluster.kubectl("delete", "namespace", probe, "--wait=false")
