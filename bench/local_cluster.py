@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,12 +44,22 @@ def bench_cluster() -> Iterator[BenchCluster]:
     cluster = BenchCluster(state, env)
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/imagemodeldeployments.duotone.io",
-        )
+        # `kubectl wait` can fail before its own timeout on a freshly started, busy control plane
+        # (seen once while images were building): try again until a deadline.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                cluster.kubectl(
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=10s",
+                    "crd/imagemodeldeployments.duotone.io",
+                )
+                break
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         yield cluster
     finally:
         subprocess.run(
