@@ -23,7 +23,7 @@ from tests.support.operator_process import (
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
     OperatorProcess,
-    apply,
+    grant_role,
     wait_ready,
 )
 
@@ -38,31 +38,11 @@ LEASE_SECONDS = 4
 def lease_rights(cluster: Cluster, operator_kubeconfig: Any) -> Iterator[None]:
     """The chart's leader-election Role for the operator's ServiceAccount, and no Lease left
     over from another test."""
-    name = f"{OPERATOR_ACCOUNT}-leader-election"
-    apply(
+    grant_role(
         cluster,
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
-            "rules": yaml.safe_load(LEASE_RULES.read_text()),
-        },
-    )
-    apply(
-        cluster,
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [
-                {
-                    "kind": "ServiceAccount",
-                    "name": OPERATOR_ACCOUNT,
-                    "namespace": OPERATOR_NAMESPACE,
-                }
-            ],
-        },
+        OPERATOR_NAMESPACE,
+        f"{OPERATOR_ACCOUNT}-leader-election",
+        yaml.safe_load(LEASE_RULES.read_text()),
     )
     cluster.kubectl(
         "delete", "lease", LEASE_NAME, f"--namespace={OPERATOR_NAMESPACE}", "--ignore-not-found"

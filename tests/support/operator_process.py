@@ -96,17 +96,15 @@ def operator_kubeconfig(
     return token_kubeconfig(cluster, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, path)
 
 
-def grant_secret_reads(cluster: Cluster, namespace: str) -> None:
-    """Bind the operator's ServiceAccount to the Secret rules in `namespace` alone (what the
-    chart's Role grants in each watched namespace)."""
-    name = f"{OPERATOR_ACCOUNT}-secrets"
+def grant_role(cluster: Cluster, namespace: str, name: str, rules: list[dict[str, Any]]) -> None:
+    """A Role with `rules` in `namespace`, bound to the operator's ServiceAccount."""
     apply(
         cluster,
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": {"name": name, "namespace": namespace},
-            "rules": yaml.safe_load(SECRET_RULES.read_text()),
+            "rules": rules,
         },
     )
     apply(
@@ -124,6 +122,14 @@ def grant_secret_reads(cluster: Cluster, namespace: str) -> None:
                 }
             ],
         },
+    )
+
+
+def grant_secret_reads(cluster: Cluster, namespace: str) -> None:
+    """Bind the operator's ServiceAccount to the Secret rules in `namespace` alone (what the
+    chart's Role grants in each watched namespace)."""
+    grant_role(
+        cluster, namespace, f"{OPERATOR_ACCOUNT}-secrets", yaml.safe_load(SECRET_RULES.read_text())
     )
 
     def granted() -> bool:
