@@ -11,7 +11,7 @@ them in one message, separated by "; ".
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from duotone_contracts import triton
@@ -27,6 +27,14 @@ from duotone_contracts.api.validation import FieldError
 MAX_SEED = 2**63 - 1
 COST_UNIT_PIXELS = 512 * 512
 """One unit of request cost is one denoising step of one 512x512 image."""
+DEFAULT_OUTPUT_FORMAT = "png"
+DEFAULT_OUTPUT_COMPRESSION = 100
+"""OpenAI's default: jpeg and webp at full quality (PNG is lossless and ignores it)."""
+IMAGE_TO_IMAGE_STRENGTH = 0.8
+"""An edit without a mask redoes the last 80% of the steps: the result keeps the input's
+composition. An inpainting edit (with a mask) redoes every step inside the mask (1.0)."""
+INPAINT_STRENGTH = 1.0
+RGB_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,11 @@ class RawRequest:
     height: int | None = None
     seed: int | None = None
     num_images: int | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    strength: float | None = None
+    image: bytes | None = field(default=None, repr=False)
+    mask: bytes | None = field(default=None, repr=False)
 
     def values(self) -> dict[triton.InputSpec, Any]:
         """Input -> value for every input this request sets (what a client sends)."""
@@ -59,20 +72,45 @@ class GenerationRequest:
     height: int
     seed: int
     num_images: int
+    output_format: str = DEFAULT_OUTPUT_FORMAT
+    output_compression: int = DEFAULT_OUTPUT_COMPRESSION
+    strength: float = INPAINT_STRENGTH
+    image: bytes = field(default=b"", repr=False)
+    """An edit's input image as raw RGB (height x width x 3); empty for a generation."""
+    mask: bytes = field(default=b"", repr=False)
+    """An edit's mask, one byte per pixel (nonzero: change it); empty: no mask."""
 
     def values(self) -> dict[triton.InputSpec, Any]:
-        """Input -> value for all eight inputs, always: Triton batches only requests that send
-        the same set of inputs."""
+        """Input -> value for every input, always: Triton batches only requests that send the
+        same set of inputs."""
         return triton.input_values(self)
 
+    @property
+    def mode(self) -> str:
+        """ "generate", "image" (image-to-image) or "inpaint" (an image and a mask)."""
+        if not self.image:
+            return "generate"
+        return "inpaint" if self.mask else "image"
+
+    def steps_run(self) -> int:
+        """Denoising steps this request computes per image: an edit of strength s starts
+        part-way and runs int(steps x s) of them (diffusers' image-to-image rule)."""
+        if not self.image:
+            return self.steps
+        return min(self.steps, int(self.steps * self.strength))
+
+    def image_steps(self) -> int:
+        """Image-steps computed: images x steps run (the usage's output measure)."""
+        return self.num_images * self.steps_run()
+
     def cost(self) -> float:
-        """The work this request asks for, in image-steps at 512x512: images x steps x pixels
-        / 512^2 (what `rateLimit.costPerMinutePerKey` counts).
+        """The work this request asks for, in image-steps at 512x512: images x steps run x
+        pixels / 512^2 (what `rateLimit.costPerMinutePerKey` counts).
 
         e.g. 4 flagship images of 50 steps at 1024x1024 cost 4 x 50 x 4 = 800; one efficient
         image of 4 steps at 512x512 costs 4.
         """
-        return self.num_images * self.steps * self.width * self.height / COST_UNIT_PIXELS
+        return self.image_steps() * self.width * self.height / COST_UNIT_PIXELS
 
     def image_seeds(self) -> tuple[int, ...]:
         """Seed of each image: image j of a request with seed s is the image of seed s + j."""
@@ -145,6 +183,62 @@ def _check_guidance(value: float, limit: float) -> list[FieldError]:
     return []
 
 
+def _check_output(output_format: str, compression: int) -> list[FieldError]:
+    problems = []
+    if output_format not in triton.OUTPUT_FORMATS:
+        problems.append(
+            FieldError(
+                triton.OUTPUT_FORMAT.field,
+                f"{output_format[:20]!r} must be one of {', '.join(triton.OUTPUT_FORMATS)}",
+            )
+        )
+    if not 0 <= compression <= 100:
+        problems.append(
+            FieldError(triton.OUTPUT_COMPRESSION.field, f"{compression} must be between 0 and 100")
+        )
+    return problems
+
+
+def _check_edit(
+    raw: RawRequest, limits: RequestLimits, size: tuple[int, int], strength: float, steps: int
+) -> list[FieldError]:
+    """An edit's image, mask and strength against the output size and the tier's limits."""
+    image, mask = raw.image or b"", raw.mask or b""
+    width, height = size
+    if not math.isfinite(strength) or not 0 < strength <= 1:
+        return [FieldError(triton.STRENGTH.field, f"{strength} must be above 0 and at most 1")]
+    if not image:
+        if mask:
+            return [FieldError(triton.MASK.field, "a mask needs an image to edit")]
+        return []
+    if not limits.allow_edits:
+        return [FieldError(triton.IMAGE.field, "edits are off: the tier's limits.allowEdits")]
+    problems = []
+    if len(image) != width * height * RGB_CHANNELS:
+        problems.append(
+            FieldError(
+                triton.IMAGE.field,
+                f"{len(image)} bytes is not a {width}x{height} RGB image "
+                f"({width * height * RGB_CHANNELS} bytes)",
+            )
+        )
+    if mask and len(mask) != width * height:
+        problems.append(
+            FieldError(
+                triton.MASK.field,
+                f"{len(mask)} bytes is not a {width}x{height} mask ({width * height} bytes)",
+            )
+        )
+    if int(steps * strength) < 1:
+        problems.append(
+            FieldError(
+                triton.STRENGTH.field,
+                f"{strength:g} x {steps} steps computes no step: raise steps or strength",
+            )
+        )
+    return problems
+
+
 def validate_request(
     raw: RawRequest,
     defaults: RequestDefaults,
@@ -164,6 +258,13 @@ def validate_request(
     num_images = 1 if raw.num_images is None else raw.num_images
     seed = seed_if_missing if raw.seed is None else raw.seed
     negative = raw.negative_prompt or ""
+    output_format = raw.output_format or DEFAULT_OUTPUT_FORMAT
+    compression = (
+        DEFAULT_OUTPUT_COMPRESSION if raw.output_compression is None else raw.output_compression
+    )
+    image, mask = raw.image or b"", raw.mask or b""
+    default_strength = IMAGE_TO_IMAGE_STRENGTH if image and not mask else INPAINT_STRENGTH
+    strength = default_strength if raw.strength is None else raw.strength
 
     problems = [
         *_check_text(triton.PROMPT.field, raw.prompt, limits.max_prompt_length, required=True),
@@ -182,6 +283,8 @@ def validate_request(
             limits.max_images_per_request,
             "maxImagesPerRequest",
         ),
+        *_check_output(output_format, compression),
+        *_check_edit(raw, limits, (width, height), strength, steps),
     ]
     if problems:
         raise RequestError(tuple(problems))
@@ -194,4 +297,9 @@ def validate_request(
         height=height,
         seed=seed,
         num_images=num_images,
+        output_format=output_format,
+        output_compression=compression,
+        strength=float(strength),
+        image=image,
+        mask=mask,
     )

@@ -187,6 +187,18 @@ ROUTER_CANCELLED: Final = Metric(
     "Requests whose client went away; the upstream call was cancelled.",
     (TIER,),
 )
+ROUTER_USAGE_TOKENS: Final = Metric(
+    "duotone_router_usage_tokens_total",
+    "Usage answered to clients, for chargeback: kind input is prompt tokens as the tier's "
+    "tokenizer counts them, kind output is image-steps computed (images x denoising steps run).",
+    (TIER, KEY, KIND),
+)
+ROUTER_MODERATION_BLOCKED: Final = Metric(
+    "duotone_router_moderation_blocked_total",
+    "Requests refused by the moderation check (HTTP 400 moderation_blocked) before any tier "
+    "saw them, by API key name.",
+    (KEY,),
+)
 ROUTER_CONFIG_RELOADS: Final = Metric(
     "duotone_router_config_reloads_total",
     "Routing table reloads by result (ok or invalid).",

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_serializer
 from duotone_contracts.api.rules import LenientModel
 from duotone_contracts.api.v1alpha1 import (
     EfficientOverflowPolicy,
+    ModerationSpec,
     OverflowPolicy,
     RateLimitSpec,
     RequestDefaults,
@@ -70,6 +71,8 @@ class RoutingTable(LenientModel):
     """API key name -> the tiers it may use; keys not listed may use every tier."""
     max_pending_per_tier: int = 256
     """Requests one router holds for a tier with no pod to take them; more get 503."""
+    moderation: ModerationSpec = Field(default_factory=ModerationSpec)
+    """The prompt check (a blocklist) run before any tier sees a request."""
 
     @field_serializer("rate_limit")
     def _rate_limit(self, limit: RateLimitSpec) -> dict[str, Any]:

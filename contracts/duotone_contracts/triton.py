@@ -3,7 +3,8 @@
 One table drives the runtime's rendered `config.pbtxt` and input parsing, the router's request
 encoding and every error message, so the names cannot drift apart. Every input holds one value
 per request (dims `[1]` after Triton's batch dimension, so a request sends shape `[1, 1]`); only
-PROMPT is required.
+PROMPT is required. IMAGE and MASK carry raw pixels (an edit's input image and its mask, already
+decoded, validated and resized by the router), so no image decoder runs on a GPU pod.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class InputSpec:
     data_type: TritonType
     optional: bool
     description: str
+    binary: bool = False
+    """A TYPE_STRING input holding raw bytes rather than UTF-8 text."""
 
     @property
     def attribute(self) -> str:
@@ -46,6 +49,31 @@ WIDTH: Final = InputSpec("WIDTH", "width", "TYPE_INT32", True, "image width, mul
 HEIGHT: Final = InputSpec("HEIGHT", "height", "TYPE_INT32", True, "image height, multiple of 8")
 SEED: Final = InputSpec("SEED", "seed", "TYPE_INT64", True, "random seed of the first image")
 NUM_IMAGES: Final = InputSpec("NUM_IMAGES", "numImages", "TYPE_INT32", True, "images to generate")
+OUTPUT_FORMAT: Final = InputSpec(
+    "OUTPUT_FORMAT", "outputFormat", "TYPE_STRING", True, "png, jpeg or webp"
+)
+OUTPUT_COMPRESSION: Final = InputSpec(
+    "OUTPUT_COMPRESSION", "outputCompression", "TYPE_INT32", True, "jpeg/webp quality, 0-100"
+)
+STRENGTH: Final = InputSpec(
+    "STRENGTH", "strength", "TYPE_FP32", True, "an edit's strength: the share of steps redone"
+)
+IMAGE: Final = InputSpec(
+    "IMAGE",
+    "image",
+    "TYPE_STRING",
+    True,
+    "an edit's input image: raw RGB bytes, height x width x 3, row-major; empty: no image",
+    binary=True,
+)
+MASK: Final = InputSpec(
+    "MASK",
+    "mask",
+    "TYPE_STRING",
+    True,
+    "an edit's mask: one byte per pixel, nonzero where the image changes; empty: no mask",
+    binary=True,
+)
 
 INPUTS: Final[tuple[InputSpec, ...]] = (
     PROMPT,
@@ -56,10 +84,31 @@ INPUTS: Final[tuple[InputSpec, ...]] = (
     HEIGHT,
     SEED,
     NUM_IMAGES,
+    OUTPUT_FORMAT,
+    OUTPUT_COMPRESSION,
+    STRENGTH,
+    IMAGE,
+    MASK,
 )
 
 IMAGES: Final = "IMAGES"
-"""Output: BYTES, shape [1, numImages] per request; each element is one PNG file."""
+"""Output: BYTES, shape [1, numImages] per request; each element is one image file in the
+request's output format."""
+PROMPT_TOKENS: Final = "PROMPT_TOKENS"
+"""Output: INT32, shape [1, 1] per request: the prompt and negative prompt tokens the model's
+tokenizer reads (special tokens included, truncation applied), for the response's usage."""
+STEPS_COMPUTED: Final = "STEPS_COMPUTED"
+"""Output: INT32, shape [1, 1] per request: image-steps computed (images x denoising steps
+run; an edit of strength s runs int(steps x s) steps), the usage's output measure."""
+OUTPUTS: Final[tuple[tuple[str, TritonType, int], ...]] = (
+    (IMAGES, "TYPE_STRING", -1),
+    (PROMPT_TOKENS, "TYPE_INT32", 1),
+    (STEPS_COMPUTED, "TYPE_INT32", 1),
+)
+"""Every output: name, type and its one dimension after the batch dimension."""
+
+OUTPUT_FORMATS: Final = ("png", "jpeg", "webp")
+"""Image file formats the model encodes (OUTPUT_FORMAT's values)."""
 
 DEFAULT_MODEL_NAME: Final = "duotone"
 

@@ -192,6 +192,18 @@ class RequestLimits(SpecModel):
     max_prompt_length: int = Field(
         2000, ge=1, le=20000, description="Longest prompt or negative prompt, in characters."
     )
+    allow_edits: bool = Field(
+        True, description="Serve image edits (POST /v1/images/edits) on this tier."
+    )
+    max_input_image_bytes: int = Field(
+        4194304,
+        ge=1024,
+        le=52428800,
+        description="Largest input image or mask file of an edit, in bytes.",
+    )
+    max_input_images: int = Field(
+        4, ge=1, le=16, description="Most input images an edit may send (the first is edited)."
+    )
 
 
 @with_defaults(max_steps=50, max_width=1536, max_height=1536)
@@ -545,6 +557,18 @@ class ContainerResources(SpecModel):
     rules = (_quantity_rule("cpu"), _quantity_rule("memory"))
 
 
+class ModerationSpec(SpecModel):
+    """The router's prompt check: a prompt holding a blocked term is refused (HTTP 400,
+    code moderation_blocked) before any tier sees it."""
+
+    blocked_terms: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Words or phrases refused in a prompt, matched whole-word and "
+        "case-insensitively (Unicode NFKC, case-folded).",
+    )
+
+
 class RouterSpec(SpecModel):
     """The OpenAI-compatible endpoint in front of the tiers."""
 
@@ -575,6 +599,9 @@ class RouterSpec(SpecModel):
     )
     resources: ContainerResources = Field(
         default_factory=ContainerResources, description="Router CPU and memory."
+    )
+    moderation: ModerationSpec = Field(
+        default_factory=ModerationSpec, description="The prompt check before any GPU work."
     )
 
     rules = (

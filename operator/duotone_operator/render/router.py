@@ -58,6 +58,7 @@ def routing_table(imd: ImageModelDeployment) -> RoutingTable:
         ),
         rate_limit=router.rate_limit,
         max_body_bytes=router.max_body_bytes,
+        moderation=router.moderation,
         api_keys_path=API_KEYS_MOUNT if router.api_keys_secret_ref is not None else None,
         key_tiers={entry.key: tuple(entry.tiers) for entry in router.api_key_tiers},
         max_pending_per_tier=router.max_pending_per_tier,

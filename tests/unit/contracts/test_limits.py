@@ -133,3 +133,87 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_image_seeds(seed: int, images: int, seeds: tuple[int, ...]) -> None:
     request = GenerationRequest("x", "", 1, 0.0, 64, 64, seed, images)
     assert request.image_seeds() == seeds
+
+
+def _edit(**fields: object) -> RawRequest:
+    """A 64x64 edit: raw RGB image of the right size, and whatever else is given."""
+    values: dict[str, object] = {"width": 64, "height": 64, "image": bytes(64 * 64 * 3)}
+    values.update(fields)
+    return RawRequest("x", **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "mode", "strength", "steps_run"),
+    [
+        pytest.param(RawRequest("x", steps=8), "generate", 1.0, 8, id="a generation runs all"),
+        pytest.param(_edit(steps=5), "image", 0.8, 4, id="image-to-image redoes 80%"),
+        pytest.param(
+            _edit(steps=5, mask=bytes(64 * 64)), "inpaint", 1.0, 5, id="inpainting redoes all"
+        ),
+        pytest.param(_edit(steps=8, strength=0.3), "image", 0.3, 2, id="strength given"),
+    ],
+)
+def test_edit_modes_and_steps(raw: RawRequest, mode: str, strength: float, steps_run: int) -> None:
+    request = check(raw)
+    assert (request.mode, request.strength, request.steps_run()) == (mode, strength, steps_run)
+    assert request.image_steps() == steps_run
+    assert request.cost() == steps_run * request.width * request.height / 512**2
+
+
+def test_output_defaults_are_full_quality_png() -> None:
+    request = check(RawRequest("x"))
+    assert (request.output_format, request.output_compression) == ("png", 100)
+    chosen = check(RawRequest("x", output_format="webp", output_compression=0))
+    assert (chosen.output_format, chosen.output_compression) == ("webp", 0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            RawRequest("x", output_format="gif"),
+            "outputFormat: 'gif' must be one of png, jpeg, webp",
+            id="unknown format",
+        ),
+        pytest.param(
+            RawRequest("x", output_compression=101),
+            "outputCompression: 101 must be between 0 and 100",
+            id="compression over 100",
+        ),
+        pytest.param(
+            _edit(image=bytes(10)),
+            "image: 10 bytes is not a 64x64 RGB image (12288 bytes)",
+            id="image of the wrong size",
+        ),
+        pytest.param(
+            _edit(mask=bytes(5)),
+            "mask: 5 bytes is not a 64x64 mask (4096 bytes)",
+            id="mask of the wrong size",
+        ),
+        pytest.param(
+            RawRequest("x", mask=bytes(5)), "mask: a mask needs an image to edit", id="mask alone"
+        ),
+        pytest.param(
+            _edit(strength=1.5), "strength: 1.5 must be above 0 and at most 1", id="strength > 1"
+        ),
+        pytest.param(
+            _edit(steps=2, strength=0.3),
+            "strength: 0.3 x 2 steps computes no step: raise steps or strength",
+            id="edit computing no step",
+        ),
+    ],
+)
+def test_invalid_outputs_and_edits_name_the_field(raw: RawRequest, message: str) -> None:
+    with pytest.raises(RequestError) as error:
+        check(raw)
+    assert str(error.value) == message
+
+
+def test_edits_can_be_turned_off_per_tier() -> None:
+    closed = RequestLimits(allow_edits=False)
+    with pytest.raises(RequestError) as error:
+        validate_request(_edit(), DEFAULTS, closed, seed_if_missing=1)
+    assert str(error.value) == "image: edits are off: the tier's limits.allowEdits"
+    assert validate_request(RawRequest("x"), DEFAULTS, closed, seed_if_missing=1).mode == (
+        "generate"
+    )
