@@ -1,9 +1,11 @@
 """Grouping a dynamic batch into pipeline calls (pure).
 
-A diffusers call takes one width, height, step count and guidance scale, so Triton's batch is
-split by that shape; prompts, negative prompts and seeds vary freely inside a call. Groups keep
-arrival order, and a group larger than `max_images_per_call` is cut into several calls (one
-request is never split: its images stay together).
+A diffusers call takes one width, height, step count and guidance scale, and one mode (a
+generation, an image-to-image edit of one strength, an inpainting edit of one strength), so
+Triton's batch is split by that shape; prompts, negative prompts, seeds and an edit's images
+vary freely inside a call. Groups keep arrival order, and a group larger than
+`max_images_per_call` is cut into several calls (one request is never split: its images stay
+together).
 """
 
 from __future__ import annotations
@@ -22,10 +24,20 @@ class ShapeKey:
     height: int
     steps: int
     guidance_scale: float
+    mode: str = "generate"
+    strength: float = 1.0
 
     @classmethod
     def of(cls, request: GenerationRequest) -> ShapeKey:
-        return cls(request.width, request.height, request.steps, request.guidance_scale)
+        strength = 1.0 if request.mode == "generate" else request.strength
+        return cls(
+            request.width,
+            request.height,
+            request.steps,
+            request.guidance_scale,
+            request.mode,
+            strength,
+        )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,12 @@ Each image gets its own CPU `torch.Generator` seeded from its request (image j o
 with seed s uses s + j), so the initial noise of an image never depends on its neighbours.
 Stage times come from forward hooks on the text encoders and the VAE decoder; denoising is
 the rest of the pipeline call. Imports torch: only the Triton model (and tests) import it.
+
+Edits run through the image-to-image and inpainting pipelines that diffusers derives from the
+loaded one (`from_pipe`): the same modules, so the weights are in memory once. An inpainting
+result keeps the input's pixels outside the mask exactly (they are pasted back after decoding:
+the VAE's round trip would otherwise blur them). Output files are encoded on a small thread pool
+(Pillow's encoders release the GIL), one image per task.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import io
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 from PIL import Image
 
 from duotone_contracts.limits import GenerationRequest
@@ -25,6 +33,10 @@ from duotone_runtime.batching import ShapeKey
 from duotone_runtime.cpu_threads import MODEL_THREADS_ENV
 
 STAGES = ("text_encoding", "denoising", "vae_decode", "png_encode")
+"""Stages of a call; `png_encode` is the output encoding in whatever format was asked."""
+
+ENCODE_THREADS = 4
+"""Images encoded at once (Pillow releases the GIL while it compresses)."""
 
 
 @dataclass
@@ -48,7 +60,10 @@ class CallResult:
     stages: StageSeconds
     image_count: int
     denoising_steps: int
-    """Image-steps computed: images x steps (guidance doubles the UNet work, not the steps)."""
+    """Image-steps computed: images x steps run (guidance doubles the UNet work, not the
+    steps)."""
+    prompt_tokens: list[int] = field(default_factory=list)
+    """Per request: the tokens its prompt (and, under guidance, negative prompt) occupy."""
 
 
 @dataclass
@@ -129,9 +144,47 @@ def apply_torch_threads(environ: Mapping[str, str]) -> TorchThreads:
 
 def encode_png(pixels: Any) -> bytes:
     """One HxWx3 uint8 array as a PNG file (fast compression: images are mostly entropy)."""
+    return encode_image(pixels, "png", 100)
+
+
+JPEG_FULL_CHROMA_QUALITY = 90
+"""From this quality on JPEG keeps full chroma resolution (4:4:4), below it halves it (4:2:0)."""
+
+
+def encode_image(pixels: Any, output_format: str, compression: int) -> bytes:
+    """One HxWx3 uint8 array as a file: PNG (lossless, fast deflate; `compression` unused),
+    JPEG or WebP at quality `compression` (0-100)."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    image = Image.fromarray(pixels)
+    if output_format == "jpeg":
+        subsampling = 0 if compression >= JPEG_FULL_CHROMA_QUALITY else 2
+        image.save(buffer, format="JPEG", quality=compression, subsampling=subsampling)
+    elif output_format == "webp":
+        image.save(buffer, format="WEBP", quality=compression, method=4)
+    else:
+        image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def count_prompt_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of `text` the model reads: special tokens included, truncated to the tokenizer's
+    context (CLIP: 77), padding excluded; 0 for a pipeline without a tokenizer."""
+    if tokenizer is None or not text:
+        return 0
+    limit = getattr(tokenizer, "model_max_length", None)
+    ids = tokenizer(text, truncation=limit is not None, max_length=limit).input_ids
+    return len(ids)
+
+
+def _derived(factory: Any, pipeline: Any) -> Any:
+    """The pipeline `factory.from_pipe` derives from `pipeline` (same modules), or None when
+    the model family has no such pipeline."""
+    try:
+        derived = factory.from_pipe(pipeline)
+    except (ValueError, TypeError, KeyError):
+        return None
+    derived.set_progress_bar_config(disable=True)
+    return derived
 
 
 class PipelineRunner:
@@ -152,6 +205,12 @@ class PipelineRunner:
         decoder = getattr(vae, "decoder", None)
         if isinstance(decoder, torch.nn.Module):
             self._clock.attach(decoder, "vae_decode")
+        self.edit_pipelines: dict[str, Any] = {
+            "image": _derived(AutoPipelineForImage2Image, pipeline),
+            "inpaint": _derived(AutoPipelineForInpainting, pipeline),
+        }
+        """Edit mode -> its pipeline over the same modules (None: the model cannot do it)."""
+        self._encoder = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
         self.batch_invariant_layers = 0
         if batch_invariant:
             for name in ("unet", "transformer", "vae"):
@@ -159,31 +218,57 @@ class PipelineRunner:
                 if isinstance(part, torch.nn.Module):
                     self.batch_invariant_layers += make_batch_invariant(part)
 
+    def supports(self, mode: str) -> bool:
+        """Whether this model can serve requests of `mode` ("generate", "image", "inpaint")."""
+        return mode == "generate" or self.edit_pipelines.get(mode) is not None
+
     def run(self, shape: ShapeKey, requests: Sequence[GenerationRequest]) -> CallResult:
         """Generate every image of `requests` (all of `shape`) in one pipeline call."""
         prompts: list[str] = []
         negatives: list[str] = []
         generators: list[torch.Generator] = []
+        inputs: list[Any] = []
+        masks: list[Any] = []
         for request in requests:
+            source = _pixels(request.image, request.width, request.height, 3)
+            mask = _pixels(request.mask, request.width, request.height, 1)
             for seed in request.image_seeds():
                 prompts.append(request.prompt)
                 negatives.append(request.negative_prompt)
                 generators.append(torch.Generator("cpu").manual_seed(seed))
+                inputs.append(source)
+                masks.append(mask)
         # diffusers applies classifier-free guidance only above 1; below that the negative
         # prompt has no effect and is left out so the text encoder runs once per image.
         guided = shape.guidance_scale > 1.0
+        arguments: dict[str, Any] = {
+            "prompt": prompts,
+            "negative_prompt": negatives if guided else None,
+            "num_inference_steps": shape.steps,
+            "guidance_scale": shape.guidance_scale,
+            "generator": generators,
+            "output_type": "np",
+        }
+        pipeline = self.pipeline
+        if shape.mode == "generate":
+            arguments |= {"width": shape.width, "height": shape.height}
+        else:
+            pipeline = self.edit_pipelines[shape.mode]
+            if pipeline is None:
+                raise ValueError(f"this model cannot serve {shape.mode} edits")
+            arguments |= {"image": [Image.fromarray(i) for i in inputs], "strength": shape.strength}
+            if shape.mode == "inpaint":
+                arguments |= {
+                    "mask_image": [
+                        Image.fromarray(np.where(m[..., 0] > 0, 255, 0).astype(np.uint8))
+                        for m in masks
+                    ],
+                    "width": shape.width,
+                    "height": shape.height,
+                }
         self._clock.take()
         started = time.perf_counter()
-        output = self.pipeline(
-            prompt=prompts,
-            negative_prompt=negatives if guided else None,
-            num_inference_steps=shape.steps,
-            guidance_scale=shape.guidance_scale,
-            width=shape.width,
-            height=shape.height,
-            generator=generators,
-            output_type="np",
-        )
+        output = pipeline(**arguments)
         total = time.perf_counter() - started
         hooked = self._clock.take()
         stages = StageSeconds(
@@ -194,17 +279,43 @@ class PipelineRunner:
 
         started = time.perf_counter()
         pixels = (np.asarray(output.images) * 255).round().clip(0, 255).astype(np.uint8)
-        pngs = [encode_png(image) for image in pixels]
+        if shape.mode == "inpaint":
+            # Outside the mask the result is the input, exactly.
+            pixels = np.stack(
+                [np.where(m > 0, p, i) for p, i, m in zip(pixels, inputs, masks, strict=True)]
+            )
+        formats = [
+            (r.output_format, r.output_compression) for r in requests for _ in r.image_seeds()
+        ]
+        files = list(
+            self._encoder.map(
+                lambda item: encode_image(item[0], *item[1]), zip(pixels, formats, strict=True)
+            )
+        )
         stages.png_encode = time.perf_counter() - started
 
         per_request: list[list[bytes]] = []
         offset = 0
         for request in requests:
-            per_request.append(pngs[offset : offset + request.num_images])
+            per_request.append(files[offset : offset + request.num_images])
             offset += request.num_images
+        tokenizer = getattr(self.pipeline, "tokenizer", None)
+        tokens = [
+            count_prompt_tokens(tokenizer, r.prompt)
+            + (count_prompt_tokens(tokenizer, r.negative_prompt) if guided else 0)
+            for r in requests
+        ]
         return CallResult(
             images=per_request,
             stages=stages,
-            image_count=len(pngs),
-            denoising_steps=len(pngs) * shape.steps,
+            image_count=len(files),
+            denoising_steps=sum(r.image_steps() for r in requests),
+            prompt_tokens=tokens,
         )
+
+
+def _pixels(data: bytes, width: int, height: int, channels: int) -> Any:
+    """Raw bytes as a height x width x channels uint8 array (None when empty)."""
+    if not data:
+        return None
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)

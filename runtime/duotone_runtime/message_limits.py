@@ -2,8 +2,9 @@
 
 Without bounds the gate read HTTP bodies of up to 1 GiB into memory and took gRPC messages of
 any size. A valid request is two texts of at most `maxPromptLength` characters plus a few
-scalars, and a valid response is at most `maxImagesPerRequest` PNGs of the largest size, so
-the bounds follow from the tier document (pure).
+scalars (plus, on a tier that serves edits, one raw RGB image and its one-byte-per-pixel mask of
+the largest size), and a valid response is at most `maxImagesPerRequest` images of the largest
+size, so the bounds follow from the tier document (pure).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ JSON_BYTES_PER_CHARACTER: Final = 12
 UTF8_BYTES_PER_CHARACTER: Final = 4
 TEXT_INPUTS: Final = 2
 """PROMPT and NEGATIVE_PROMPT, each at most `maxPromptLength` characters."""
+EDIT_BYTES_PER_PIXEL: Final = 4
+"""An edit's IMAGE (3 bytes per pixel) and MASK (1), raw: over HTTP they travel in Triton's
+binary tensor extension (raw bytes are not JSON strings)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,14 @@ class MessageLimits:
     """One gRPC response message: every image of a request, as PNG."""
 
 
+def image_bound(width: int, height: int) -> int:
+    """The most bytes one output image of this size takes in any output format (pure): a PNG
+    (`png_bound`); JPEG at quality 100 with 4:4:4 chroma (1.4x the raw pixels on noise) and
+    WebP at quality 100 stay under twice the raw pixels
+    (tests/unit/runtime/test_message_limits.py)."""
+    return max(png_bound(width, height), 2 * width * height * 3 + PNG_OVERHEAD_BYTES)
+
+
 def png_bound(width: int, height: int) -> int:
     """The most bytes an RGB PNG of this size can take (pure): one filter byte per row, three
     bytes per pixel, and deflate's worst-case growth on incompressible data (zlib's
@@ -49,13 +61,15 @@ def png_bound(width: int, height: int) -> int:
 
 def message_limits(limits: RequestLimits) -> MessageLimits:
     """The gate's bounds for a tier with these request limits (pure). e.g. the efficient
-    defaults (2,000 characters, 4 images of 1024x1024): HTTP 63 KiB, gRPC 32 KiB, responses
-    12.4 MiB; the longest prompts the API allows (20,000 characters): HTTP 485 KiB."""
+    defaults (2,000 characters, 4 images of 1024x1024, edits on): HTTP 4.1 MiB, gRPC 4.0 MiB,
+    responses 24.3 MiB; the longest prompts the API allows (20,000 characters) with edits
+    off: HTTP 485 KiB."""
     text = TEXT_INPUTS * limits.max_prompt_length
-    image = png_bound(limits.max_width, limits.max_height)
+    image = image_bound(limits.max_width, limits.max_height)
+    edit = limits.max_width * limits.max_height * EDIT_BYTES_PER_PIXEL if limits.allow_edits else 0
     return MessageLimits(
-        http_request_bytes=text * JSON_BYTES_PER_CHARACTER + REQUEST_OVERHEAD_BYTES,
-        grpc_request_bytes=text * UTF8_BYTES_PER_CHARACTER + REQUEST_OVERHEAD_BYTES,
+        http_request_bytes=text * JSON_BYTES_PER_CHARACTER + edit + REQUEST_OVERHEAD_BYTES,
+        grpc_request_bytes=text * UTF8_BYTES_PER_CHARACTER + edit + REQUEST_OVERHEAD_BYTES,
         # Each BYTES element carries a 4-byte length prefix.
         response_bytes=limits.max_images_per_request * (image + 4) + RESPONSE_OVERHEAD_BYTES,
     )

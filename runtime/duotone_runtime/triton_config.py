@@ -55,6 +55,11 @@ def render_config_pbtxt(
     if instance_count < 1:
         raise ValueError(f"instance_count must be at least 1, got {instance_count}")
     inputs = ",\n".join(_input_block(spec) for spec in triton.INPUTS)
+    outputs = ",\n".join(
+        f"  {{\n    name: {pbtxt_string(name)}\n    data_type: {data_type}\n"
+        f"    dims: [ {dims} ]\n  }}"
+        for name, data_type, dims in triton.OUTPUTS
+    )
     params = "".join(
         f"parameters {{\n  key: {pbtxt_string(key)}\n"
         f"  value: {{ string_value: {pbtxt_string(value)} }}\n}}\n"
@@ -65,13 +70,7 @@ def render_config_pbtxt(
         'backend: "python"\n'
         f"max_batch_size: {batching.max_batch_size}\n"
         f"input [\n{inputs}\n]\n"
-        "output [\n"
-        "  {\n"
-        f"    name: {pbtxt_string(triton.IMAGES)}\n"
-        "    data_type: TYPE_STRING\n"
-        "    dims: [ -1 ]\n"
-        "  }\n"
-        "]\n"
+        f"output [\n{outputs}\n]\n"
         "dynamic_batching {\n"
         f"  max_queue_delay_microseconds: {batching.max_queue_delay_ms * 1000}\n"
         "  default_queue_policy {\n"

@@ -97,6 +97,8 @@ def _single(request: Any, spec: triton.InputSpec) -> Any:
             (FieldError(spec.field, f"expected one value per request, got {values.size}"),)
         )
     value = values[0]
+    if spec.binary:
+        return value if isinstance(value, bytes) else bytes(value)
     if spec.data_type == "TYPE_STRING":
         raw = value if isinstance(value, bytes) else str(value).encode()
         try:
@@ -199,6 +201,15 @@ class TritonPythonModel:
             if not members:
                 continue
             batch = [valid[p] for p in members]
+            if not self.runner.supports(call.shape.mode):
+                for position in members:
+                    self.metrics.rejected["invalid"].increment(1)
+                    responses[position] = _error(
+                        f"{triton.IMAGE.field}: this tier's model cannot serve "
+                        f"{call.shape.mode} edits",
+                        pb_utils.TritonError.INVALID_ARG,
+                    )
+                continue
             try:
                 if self.injected_error is not None:
                     raise RuntimeError(self.injected_error)
@@ -215,10 +226,18 @@ class TritonPythonModel:
                 continue
             self._record_health(None)
             self._record(result.image_count, result.denoising_steps, result.stages.as_dict())
-            for position, pngs in zip(members, result.images, strict=True):
-                images = np.array([pngs], dtype=np.object_)
+            served = zip(members, result.images, result.prompt_tokens, strict=True)
+            for position, files, tokens in served:
+                request = valid[position]
+                assert request is not None
                 responses[position] = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(triton.IMAGES, images)]
+                    output_tensors=[
+                        pb_utils.Tensor(triton.IMAGES, np.array([files], dtype=np.object_)),
+                        pb_utils.Tensor(triton.PROMPT_TOKENS, np.array([[tokens]], np.int32)),
+                        pb_utils.Tensor(
+                            triton.STEPS_COMPUTED, np.array([[request.image_steps()]], np.int32)
+                        ),
+                    ]
                 )
         return responses
 

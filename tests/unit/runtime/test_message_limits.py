@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from duotone_contracts.api.v1alpha1 import FlagshipRequestLimits, RequestLimits
-from duotone_runtime.message_limits import message_limits, png_bound
+from duotone_runtime.message_limits import image_bound, message_limits, png_bound
 
 pytestmark = pytest.mark.unit
 
@@ -20,14 +20,16 @@ MiB = 1 << 20
 @pytest.mark.parametrize(
     ("limits", "http", "grpc", "response"),
     [
-        pytest.param(RequestLimits(), 64_384, 32_384, 12_963_872, id="efficient defaults"),
-        pytest.param(FlagshipRequestLimits(), 64_384, 32_384, 28_756_008, id="flagship defaults"),
+        pytest.param(RequestLimits(), 4_258_688, 4_226_688, 25_493_520, id="efficient defaults"),
         pytest.param(
-            RequestLimits(max_prompt_length=20000, max_images_per_request=16),
+            FlagshipRequestLimits(), 9_501_568, 9_469_568, 56_950_800, id="flagship defaults"
+        ),
+        pytest.param(
+            RequestLimits(max_prompt_length=20000, max_images_per_request=16, allow_edits=False),
             496_384,
             176_384,
-            51_658_880,
-            id="longest prompts and most images the API allows",
+            101_777_472,
+            id="longest prompts and most images the API allows, edits off",
         ),
     ],
 )
@@ -41,9 +43,34 @@ def test_message_limits(limits: RequestLimits, http: int, grpc: int, response: i
 
 
 def test_requests_stay_small_and_far_below_the_old_limits() -> None:
-    largest = message_limits(RequestLimits(max_prompt_length=20000, max_images_per_request=16))
+    text_only = RequestLimits(max_prompt_length=20000, max_images_per_request=16, allow_edits=False)
+    largest = message_limits(text_only)
     assert largest.http_request_bytes < 1 * MiB, "was 1 GiB"
     assert largest.grpc_request_bytes < 1 * MiB, "was unlimited"
+
+
+def test_edits_add_one_raw_image_and_its_mask_of_the_largest_size() -> None:
+    limits = RequestLimits(max_width=1024, max_height=512)
+    without = message_limits(limits.model_copy(update={"allow_edits": False}))
+    edits = message_limits(limits)
+    assert edits.grpc_request_bytes - without.grpc_request_bytes == 1024 * 512 * 4
+    assert edits.http_request_bytes - without.http_request_bytes == 1024 * 512 * 4
+
+
+@pytest.mark.parametrize(
+    ("output_format", "options"),
+    [("JPEG", {"quality": 100, "subsampling": 0}), ("WEBP", {"quality": 100, "method": 4})],
+)
+def test_lossy_formats_at_full_quality_fit_the_image_bound(
+    output_format: str, options: dict[str, int]
+) -> None:
+    """Noise at quality 100 is the largest a JPEG (4:4:4, as `execution.encode_image` writes
+    it from quality 90 on) or a WebP gets; both stay under `image_bound`."""
+    pixels = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=output_format, **options)
+    assert len(buffer.getvalue()) > 512 * 512  # noise: it did not compress away
+    assert len(buffer.getvalue()) <= image_bound(512, 512)
 
 
 def test_the_longest_valid_json_request_fits() -> None:
