@@ -15,6 +15,7 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from duotone_contracts.api.v1alpha1 import TierName
 from duotone_contracts.limits import GenerationRequest
 from duotone_contracts.routing_table import RoutingTable, RoutingTableError, parse_routing_table
-from duotone_router import guards, images
+from duotone_router import forms, guards, images
 from duotone_router.discovery import Addresses, Discovery
 from duotone_router.dispatch import Clock, Dispatcher
+from duotone_router.edits import EditImages, decode_edit
 from duotone_router.keys import ApiKeys, load_api_keys
 from duotone_router.metrics import RouterMetrics
-from duotone_router.policy.reasons import Refused
+from duotone_router.policy.moderation import Blocklist, ModerationCheck
+from duotone_router.policy.reasons import Reason, Refused
 from duotone_router.responses import (
     ON_INTERNAL_ERROR,
     REQUEST_ID_KEY,
@@ -49,6 +52,13 @@ KEY_NAME_KEY = "duotone_key"
 """Where a handler keeps the caller's key name on the request (for the safety net's count)."""
 DRAIN_MARGIN_S = 5.0
 """After SIGTERM: how long beyond the longest tier deadline in-flight requests may take."""
+
+
+def _single_mask(form: forms.Form) -> bytes | None:
+    masks = form.files.get("mask", [])
+    if len(masks) > 1:
+        raise Refused(Reason.INVALID_VALUE, "mask: send at most one mask", param="mask")
+    return masks[0] if masks else None
 
 
 def client_request_id(value: str | None) -> str | None:
@@ -76,6 +86,7 @@ class Router:
         self.metrics = RouterMetrics()
         self._table_text = config_path.read_text()
         self.table: RoutingTable = parse_routing_table(self._table_text)
+        self.moderation: ModerationCheck = Blocklist.of(self.table.moderation.blocked_terms)
         self.dispatcher = Dispatcher(
             self.table,
             self.metrics,
@@ -127,6 +138,7 @@ class Router:
         if table.rate_limit != self.table.rate_limit:
             self.limiter.follow(table.rate_limit, self.clock())
         self.table = table
+        self.moderation = Blocklist.of(table.moderation.blocked_terms)
         self.dispatcher.configure(table)
         if self._discovery_task is not None and self.dispatcher.services() != services_before:
             self._restart_discovery()
@@ -172,6 +184,59 @@ class Router:
     # ------------------------------------------------------------------ HTTP
 
     async def handle_generations(self, request: web.Request) -> web.Response:
+        async def parse(
+            key: str, admit: Callable[[], None]
+        ) -> tuple[images.ImagesRequest, EditImages | None]:
+            body = await guards.read_body(
+                request.content_length,
+                request.content.read,
+                self.table.max_body_bytes,
+                content_encodings=request.headers.getall("Content-Encoding", ()),
+            )
+            admit()
+            parsed = images.parse_images_request(body)
+            self._moderate(parsed, key)
+            return parsed, None
+
+        return await self._serve(request, parse)
+
+    async def handle_edits(self, request: web.Request) -> web.Response:
+        async def parse(
+            key: str, admit: Callable[[], None]
+        ) -> tuple[images.ImagesRequest, EditImages | None]:
+            limits = [
+                (route.limits.max_input_image_bytes, route.limits.max_input_images)
+                for route in self.table.tiers.values()
+            ]
+            body_limit, file_limit = forms.edit_body_limits(limits)
+            form = await forms.read_form(request, limit=body_limit, file_limit=file_limit)
+            admit()
+            parsed = images.parse_edit_request(form.fields)
+            self._moderate(parsed, key)
+            # Decoding and resizing take milliseconds per megapixel: off the event loop.
+            edit = await asyncio.to_thread(
+                decode_edit, form.files.get("image", []), _single_mask(form), parsed.size
+            )
+            return parsed, edit
+
+        return await self._serve(request, parse)
+
+    def _moderate(self, parsed: images.ImagesRequest, key: str) -> None:
+        verdict = self.moderation.verdict(parsed.prompt)
+        if verdict is not None:
+            self.metrics.moderation_blocked.labels(key).inc()
+            raise Refused(Reason.MODERATION_BLOCKED, verdict, param="prompt")
+
+    async def _serve(
+        self,
+        request: web.Request,
+        parse: Callable[
+            [str, Callable[[], None]], Awaitable[tuple[images.ImagesRequest, EditImages | None]]
+        ],
+    ) -> web.Response:
+        """One Images API request: the key, `parse` (reads the body, calls its second argument
+        to apply the rate limit, then returns the request and an edit's files, moderated),
+        dispatch, the answer."""
         started = self.clock()
         request_id = uuid.uuid4().hex
         request[REQUEST_ID_KEY] = request_id
@@ -186,25 +251,33 @@ class Router:
         try:
             key = guards.authenticate(self.keys, request.headers.get("Authorization"))
             request[KEY_NAME_KEY] = key
-            body = await guards.read_body(
-                request.content_length,
-                request.content.read,
-                self.table.max_body_bytes,
-                content_encodings=request.headers.getall("Content-Encoding", ()),
-            )
             limited = self.keys is not None  # an open endpoint has no keys to limit
-            if limited:
-                self.limiter.admit(key, self.table.rate_limit, self.clock())
-            parsed = images.parse_images_request(body)
+
+            def admit() -> None:
+                if limited:
+                    self.limiter.admit(key, self.table.rate_limit, self.clock())
+
+            parsed, edit = await parse(key, admit)
             served = await self.dispatcher.dispatch(
                 parsed,
                 request_id,
                 allowed=self._allowed_tiers(key),
                 admit=self._charge(key) if limited else None,
+                edit=edit,
             )
             tier = served.tier
             self.dispatcher.record_latency(served.tier, self.clock() - started)
-            answer = images.images_response(int(time.time()), served.pngs)
+            result = served.generated
+            answer = images.images_response(
+                int(time.time()),
+                served.request,
+                served.tier,
+                result.files,
+                prompt_tokens=result.prompt_tokens,
+                image_steps=result.image_steps,
+            )
+            self.metrics.usage_tokens.labels(tier, key, "input").inc(result.prompt_tokens)
+            self.metrics.usage_tokens.labels(tier, key, "output").inc(result.image_steps)
             headers |= {
                 images.TIER_HEADER: served.tier,
                 images.DEGRADED_HEADER: "true" if served.route.degraded else "false",
@@ -298,6 +371,7 @@ def build_app(router: Router) -> web.Application:
     app.add_routes(
         [
             web.post(images.GENERATIONS_PATH, router.handle_generations),
+            web.post(images.EDITS_PATH, router.handle_edits),
             web.get(images.MODELS_PATH, router.handle_models),
             web.get("/healthz", router.handle_healthz),
             web.get("/readyz", router.handle_readyz),

@@ -109,7 +109,9 @@ def triton_inputs(module: Any, values: Mapping[triton.InputSpec, Any]) -> list[A
         if spec not in values:
             continue
         value = values[spec]
-        if spec.data_type == "TYPE_STRING":
+        if spec.binary:
+            value = bytes(value)
+        elif spec.data_type == "TYPE_STRING":
             value = str(value).encode("utf-8")
         array = np.array([value], dtype=triton.NUMPY_TYPES[spec.data_type])
         array = array.reshape(triton.REQUEST_SHAPE)
@@ -122,8 +124,27 @@ def triton_inputs(module: Any, values: Mapping[triton.InputSpec, Any]) -> list[A
 
 
 def infer_inputs(request: GenerationRequest) -> list[Any]:
-    """All eight inputs of a checked request, as the router sends them."""
+    """Every input of a checked request, as the router sends them."""
     return triton_inputs(grpcaio, request.values())
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One answered inference: the image files and what they cost."""
+
+    files: list[bytes]
+    prompt_tokens: int
+    image_steps: int
+
+
+def generated(result: Any) -> Generated:
+    """An inference result (any tritonclient's) as files and usage."""
+    images = result.as_numpy(triton.IMAGES)
+    return Generated(
+        files=[bytes(image) for image in images.reshape(-1)],
+        prompt_tokens=int(result.as_numpy(triton.PROMPT_TOKENS).reshape(-1)[0]),
+        image_steps=int(result.as_numpy(triton.STEPS_COMPUTED).reshape(-1)[0]),
+    )
 
 
 class Backend:
@@ -142,9 +163,10 @@ class Backend:
 
     async def generate(
         self, request: GenerationRequest, *, timeout_s: float, request_id: str
-    ) -> list[bytes]:
-        """One inference; PNG files, or BackendError. Cancelling the task cancels the RPC."""
-        outputs = [grpcaio.InferRequestedOutput(triton.IMAGES)]
+    ) -> Generated:
+        """One inference; its files and usage, or BackendError. Cancelling the task cancels
+        the RPC."""
+        outputs = [grpcaio.InferRequestedOutput(name) for name, _, _ in triton.OUTPUTS]
         self.outstanding += 1
         call = asyncio.ensure_future(
             self.client.infer(
@@ -174,8 +196,7 @@ class Backend:
             self._calls.discard(call)
             self._abandoned.discard(call)
             self.outstanding -= 1
-        images = result.as_numpy(triton.IMAGES)
-        return [bytes(image) for image in images.reshape(-1)]
+        return generated(result)
 
     def abandon(self) -> int:
         """Give up on every call outstanding here (each raises UNRESPONSIVE to its caller, which

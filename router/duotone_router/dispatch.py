@@ -30,9 +30,11 @@ from duotone_router.backends import (
     Backend,
     BackendError,
     Failure,
+    Generated,
     TierPool,
     close_when_idle,
 )
+from duotone_router.edits import EditImages
 from duotone_router.metrics import RouterMetrics
 from duotone_router.policy.outliers import (
     Outcome,
@@ -98,11 +100,12 @@ class TierState:
 
 @dataclass(frozen=True)
 class Served:
-    """A request's images and the route that served them."""
+    """A request's images, the route that served them and the request as that tier ran it."""
 
     route: Route
     tier: TierName
-    pngs: list[bytes]
+    request: GenerationRequest
+    generated: Generated
 
 
 CLIENT_FAULTS = (Reason.TIER_SELECTION_DISABLED, Reason.TIER_NOT_SERVED, Reason.TIER_NOT_ALLOWED)
@@ -279,9 +282,11 @@ class Dispatcher:
         return choose_tier(requested, self.policy, loads, self.rng.random(), allowed)
 
     def _prepare(
-        self, parsed: images.ImagesRequest, tier: TierName, seed: int
+        self, parsed: images.ImagesRequest, tier: TierName, seed: int, edit: EditImages | None
     ) -> GenerationRequest:
-        return images.generation_request(parsed, self.table.tiers[tier], seed_if_missing=seed)
+        return images.generation_request(
+            parsed, self.table.tiers[tier], seed_if_missing=seed, edit=edit
+        )
 
     async def dispatch(
         self,
@@ -290,10 +295,11 @@ class Dispatcher:
         *,
         allowed: frozenset[TierName] | None = None,
         admit: Admit | None = None,
+        edit: EditImages | None = None,
     ) -> Served:
         """Route (within the tiers `allowed` to the client's key), check limits, charge the
-        request's cost (`admit`, once, for the first tier that serves it), call a pod. Raises
-        Refused."""
+        request's cost (`admit`, once, for the first tier that serves it), call a pod. `edit`:
+        an edit's decoded files. Raises Refused."""
         route = self._route(parsed, allowed)
         unserved = (Reason.TIER_NOT_SERVED, Reason.TIER_NOT_ALLOWED)
         if route.chosen is not None and route.refusal not in unserved:
@@ -302,7 +308,7 @@ class Dispatcher:
         # The client's request must fit the tier it wanted (a field to fix comes before any
         # saturation) ...
         if route.chosen is not None and route.refusal not in CLIENT_FAULTS:
-            prepared = self._prepare(parsed, route.chosen, seed)
+            prepared = self._prepare(parsed, route.chosen, seed, edit)
         tier, chosen = route.tier, route.chosen
         if tier is None or chosen is None:
             raise _refusal(route)
@@ -310,7 +316,7 @@ class Dispatcher:
             if tier != chosen:
                 # ... and an overflowed one must also fit the tier serving it, or it is refused.
                 try:
-                    prepared = self._prepare(parsed, tier, seed)
+                    prepared = self._prepare(parsed, tier, seed, edit)
                 except Refused as error:
                     raise Refused(
                         Reason.TIER_SATURATED,
@@ -323,7 +329,7 @@ class Dispatcher:
             if route.kind == "overflow":
                 self.metrics.overflows.labels(chosen, tier).inc()
             try:
-                pngs = await self._call_tier(tier, prepared, request_id)
+                result = await self._call_tier(tier, prepared, request_id)
             except BackendError as error:
                 if error.failure is not Failure.QUEUE_FULL or attempt == 1:
                     log.warning(
@@ -346,12 +352,12 @@ class Dispatcher:
                     raise _refusal(route) from error
                 tier = route.tier
             else:
-                return Served(route, tier, pngs)
+                return Served(route, tier, prepared, result)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call_tier(
         self, tier: TierName, request: GenerationRequest, request_id: str
-    ) -> list[bytes]:
+    ) -> Generated:
         deadline_s = self.table.tiers[tier].request_timeout_ms / 1000
         calling: list[Backend] = []
         try:
@@ -398,7 +404,7 @@ class Dispatcher:
         request_id: str,
         deadline_s: float,
         calling: list[Backend],
-    ) -> list[bytes]:
+    ) -> Generated:
         """Call the least loaded pod; after a failure in RETRIED, once more on another pod that
         is available now (without waiting), else the first failure stands."""
         state = self.tiers[tier]
@@ -427,7 +433,7 @@ class Dispatcher:
             calling.append(backend)
             try:
                 remaining = max(0.001, deadline_s - (self.clock() - started))
-                pngs = await backend.generate(request, timeout_s=remaining, request_id=request_id)
+                result = await backend.generate(request, timeout_s=remaining, request_id=request_id)
             except BackendError as error:
                 calling.pop()
                 self.metrics.backend_errors.labels(tier, error.failure.value).inc()
@@ -440,7 +446,7 @@ class Dispatcher:
             else:
                 calling.pop()
                 self._observe(tier, backend, Outcome.SUCCESS)
-                return pngs
+                return result
             finally:
                 outstanding.dec()
 

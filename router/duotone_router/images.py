@@ -11,16 +11,18 @@ import base64
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from duotone_contracts.api.v1alpha1 import TIER_NAMES, TierName
 from duotone_contracts.limits import GenerationRequest, RawRequest, RequestError, validate_request
 from duotone_contracts.routing_table import TierRoute
+from duotone_router.edits import EditImages
 from duotone_router.policy.reasons import Reason, Refused
 
 GENERATIONS_PATH = "/v1/images/generations"
+EDITS_PATH = "/v1/images/edits"
 MODELS_PATH = "/v1/models"
 TIER_HEADER = "X-Duotone-Tier"
 DEGRADED_HEADER = "X-Duotone-Degraded"
@@ -56,7 +58,22 @@ class ImagesRequest(BaseModel):
     response_format: Literal["b64_json"] | None = Field(
         None, description="Only b64_json: images are returned inline, never stored."
     )
-    output_format: Literal["png"] | None = Field(None, description="Only png.")
+    output_format: Literal["png", "jpeg", "webp"] | None = Field(
+        None, description="Image file format (default png)."
+    )
+    output_compression: int | None = Field(
+        None, ge=0, le=100, description="jpeg/webp quality 0-100 (default 100); png ignores it."
+    )
+    background: Literal["auto", "opaque", "transparent"] | None = Field(
+        None, description="auto or opaque; transparent is refused (the tiers draw opaque RGB)."
+    )
+    moderation: Literal["auto", "low"] | None = Field(
+        None, description="Accepted; the endpoint's blocklist applies either way."
+    )
+    stream: bool | None = Field(None, description="Streaming is not served yet: false only.")
+    partial_images: int | None = Field(
+        None, ge=0, le=3, description="Previews while streaming (with stream only)."
+    )
     quality: Quality | None = Field(
         None, description="standard/low/medium -> efficient tier; hd/high -> flagship; auto."
     )
@@ -70,6 +87,21 @@ class ImagesRequest(BaseModel):
     )
     guidance_scale: float | None = Field(
         None, allow_inf_nan=False, description="Duotone: guidance scale (a finite number)."
+    )
+
+
+class EditRequest(ImagesRequest):
+    """`POST /v1/images/edits`: the form fields besides the files (`image`, `mask`). Form
+    values arrive as text, so numbers and booleans are read from their text."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    strength: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Duotone: share of the steps redone (default 0.8, 1.0 with a mask).",
     )
 
 
@@ -195,9 +227,20 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 def parse_images_request(body: bytes) -> ImagesRequest:
     """The JSON body as a request; refused for malformed JSON, or naming the first bad field
     (a string the model cannot encode, such as a lone surrogate, is a bad field too)."""
-    document = parse_json_object(body)
+    return _validated(ImagesRequest, parse_json_object(body))
+
+
+def parse_edit_request(fields: Mapping[str, str]) -> EditRequest:
+    """An edit's text fields as a request, naming the first bad field."""
+    return _validated(EditRequest, dict(fields))
+
+
+M = TypeVar("M", bound=ImagesRequest)
+
+
+def _validated(model: type[M], document: dict[str, Any]) -> M:
     try:
-        return ImagesRequest.model_validate(document)
+        request = model.model_validate(document)
     except ValidationError as error:
         problems = error.errors(include_url=False)
         first = _field_name(problems[0]["loc"])
@@ -207,6 +250,25 @@ def parse_images_request(body: bytes) -> ImagesRequest:
                 f"and {len(listed) - MAX_LISTED_PROBLEMS} more problems"
             ]
         raise Refused(Reason.INVALID_VALUE, "; ".join(listed), param=first) from error
+    _check_supported(request)
+    return request
+
+
+def _check_supported(request: ImagesRequest) -> None:
+    """Refuse, naming the field, what the tiers cannot do."""
+    if request.background == "transparent":
+        raise Refused(
+            Reason.INVALID_VALUE,
+            "background: transparent is not supported: the tiers draw opaque RGB images "
+            "(use opaque or auto)",
+            param="background",
+        )
+    if request.stream:
+        raise Refused(
+            Reason.INVALID_VALUE,
+            "stream: streamed responses are not served yet; send stream false or leave it out",
+            param="stream",
+        )
 
 
 def requested_tier(request: ImagesRequest, served: Sequence[TierName]) -> TierName | None:
@@ -237,15 +299,44 @@ _FIELD_PARAMS = {
     "numImages": "n",
     "negativePrompt": "negative_prompt",
     "guidanceScale": "guidance_scale",
+    "outputFormat": "output_format",
+    "outputCompression": "output_compression",
 }
 """The runtime's wire names -> this API's parameter names (the rest are the same)."""
 
 
+def _check_edit_limits(edit: EditImages, tier: TierRoute) -> None:
+    limits = tier.limits
+    if edit.images_sent > limits.max_input_images:
+        raise Refused(
+            Reason.INVALID_VALUE,
+            f"image: {edit.images_sent} files exceed the tier's limits.maxInputImages "
+            f"{limits.max_input_images}",
+            param="image",
+        )
+    if edit.largest_file_bytes > limits.max_input_image_bytes:
+        raise Refused(
+            Reason.INVALID_VALUE,
+            f"image: a file of {edit.largest_file_bytes} bytes exceeds the tier's "
+            f"limits.maxInputImageBytes {limits.max_input_image_bytes}",
+            param="image",
+        )
+
+
 def generation_request(
-    request: ImagesRequest, tier: TierRoute, *, seed_if_missing: int
+    request: ImagesRequest,
+    tier: TierRoute,
+    *,
+    seed_if_missing: int,
+    edit: EditImages | None = None,
 ) -> GenerationRequest:
-    """Apply the tier's defaults and limits; refused naming the field in the API's words."""
+    """Apply the tier's defaults and limits; refused naming the field in the API's words.
+    An edit's files were decoded and resized already (`edits.decode_edit`); its size is the
+    output size."""
     width, height = _size(request.size)
+    if edit is not None:
+        _check_edit_limits(edit, tier)
+        width, height = edit.width, edit.height
     raw = RawRequest(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
@@ -255,6 +346,11 @@ def generation_request(
         height=height,
         seed=request.seed,
         num_images=request.n,
+        output_format=request.output_format,
+        output_compression=request.output_compression,
+        strength=request.strength if isinstance(request, EditRequest) else None,
+        image=None if edit is None else edit.image,
+        mask=None if edit is None else edit.mask,
     )
     try:
         return validate_request(raw, tier.defaults, tier.limits, seed_if_missing=seed_if_missing)
@@ -268,12 +364,40 @@ def generation_request(
         raise Refused(Reason.INVALID_VALUE, message, param=params[0]) from error
 
 
-def images_response(created: int, pngs: Sequence[bytes]) -> dict[str, Any]:
-    """The OpenAI response body: one b64_json entry per image."""
+TIER_QUALITY: Mapping[TierName, str] = {"efficient": "medium", "flagship": "high"}
+"""The response's `quality`: the quality of the tier that served the request."""
+
+
+def usage(prompt_tokens: int, image_steps: int) -> dict[str, Any]:
+    """The response's `usage`, in OpenAI's shape: input tokens are the prompt's tokens as the
+    tier's tokenizer counts them (input images are not tokenized: image_tokens 0); output
+    tokens are image-steps computed (images x denoising steps run)."""
+    return {
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"text_tokens": prompt_tokens, "image_tokens": 0},
+        "output_tokens": image_steps,
+        "total_tokens": prompt_tokens + image_steps,
+    }
+
+
+def images_response(
+    created: int,
+    served: GenerationRequest,
+    tier: TierName,
+    files: Sequence[bytes],
+    *,
+    prompt_tokens: int,
+    image_steps: int,
+) -> dict[str, Any]:
+    """The OpenAI response body: one b64_json entry per image, what was made, and usage."""
     return {
         "created": created,
-        "data": [{"b64_json": base64.b64encode(png).decode("ascii")} for png in pngs],
-        "output_format": "png",
+        "data": [{"b64_json": base64.b64encode(f).decode("ascii")} for f in files],
+        "background": "opaque",
+        "output_format": served.output_format,
+        "quality": TIER_QUALITY[tier],
+        "size": f"{served.width}x{served.height}",
+        "usage": usage(prompt_tokens, image_steps),
     }
 
 
@@ -321,27 +445,109 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.1 description of the endpoint (served at /openapi.json)."""
-    request_schema = ImagesRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    request_schema.pop("$defs", None)
-    image_response = {
-        "type": "object",
-        "required": ["created", "data"],
-        "properties": {
-            "created": {"type": "integer"},
-            "output_format": {"type": "string"},
-            "data": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["b64_json"],
-                    "properties": {"b64_json": {"type": "string", "contentEncoding": "base64"}},
+def _operation(operation_id: str, description: str, content: dict[str, Any]) -> dict[str, Any]:
+    """A POST of an image endpoint: its body, its answers and every refusal it may give."""
+    return {
+        "operationId": operation_id,
+        "description": description,
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": content},
+        "responses": {
+            "200": {
+                "description": "The images; headers say which tier served them.",
+                "headers": {
+                    TIER_HEADER: {"schema": {"type": "string"}},
+                    DEGRADED_HEADER: {"schema": {"type": "string"}},
+                },
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}}
                 },
             },
+            "400": _error(
+                "Malformed body (JSON or form), or a prompt refused by moderation (code "
+                "moderation_blocked)."
+            ),
+            "401": _error("Missing or unknown API key."),
+            "403": _error(
+                "Client tier selection is disabled, or the API key may not use the tier."
+            ),
+            "404": _error("Unknown model."),
+            "413": _error("Body or file larger than the limit."),
+            "415": _error("Compressed body (Content-Encoding): send it plain."),
+            "422": _error(
+                "A field is invalid or beyond the tier's limits, or the request costs more "
+                "than the key's per-minute work limit."
+            ),
+            "429": _error("Rate limit exceeded; see Retry-After."),
+            "500": _error("The router failed; the message names the request id."),
+            "502": _error("The tier failed; the message names the request id."),
+            "503": _error("The tier is saturated; see Retry-After."),
+            "504": _error("The tier did not answer within its deadline."),
         },
     }
-    auth: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+_IMAGES_RESPONSE = {
+    "type": "object",
+    "required": ["created", "data", "output_format", "size", "quality", "usage"],
+    "properties": {
+        "created": {"type": "integer"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["b64_json"],
+                "properties": {"b64_json": {"type": "string", "contentEncoding": "base64"}},
+            },
+        },
+        "background": {"type": "string", "enum": ["opaque"]},
+        "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"]},
+        "quality": {"type": "string", "enum": list(TIER_QUALITY.values())},
+        "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"},
+        "usage": {
+            "type": "object",
+            "description": "input_tokens: the prompt's tokens as the tier's tokenizer counts "
+            "them; output_tokens: image-steps computed (images x denoising steps run).",
+            "required": ["input_tokens", "output_tokens", "total_tokens"],
+            "properties": {
+                "input_tokens": {"type": "integer"},
+                "input_tokens_details": {
+                    "type": "object",
+                    "properties": {
+                        "text_tokens": {"type": "integer"},
+                        "image_tokens": {"type": "integer"},
+                    },
+                },
+                "output_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+            },
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 description of the endpoint (served at /openapi.json)."""
+    template = "#/components/schemas/{model}"
+    request_schema = ImagesRequest.model_json_schema(ref_template=template)
+    request_schema.pop("$defs", None)
+    edit_schema = EditRequest.model_json_schema(ref_template=template)
+    edit_schema.pop("$defs", None)
+    binary = {"type": "string", "format": "binary"}
+    edit_schema["properties"] = {
+        "image": {
+            "description": "The image to edit (PNG, JPEG or WebP); several as image[] "
+            "(the first is edited).",
+            **binary,
+        },
+        "mask": {
+            "description": "PNG or WebP with alpha, the image's size: transparent pixels "
+            "mark the area to change.",
+            **binary,
+        },
+        **edit_schema["properties"],
+    }
+    edit_schema["required"] = ["image", "prompt"]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -352,55 +558,31 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             GENERATIONS_PATH: {
-                "post": {
-                    "operationId": "createImage",
-                    "security": auth,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/ImagesRequest"}
-                            }
-                        },
+                "post": _operation(
+                    "createImage",
+                    "Generate images from a prompt.",
+                    {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ImagesRequest"}
+                        }
                     },
-                    "responses": {
-                        "200": {
-                            "description": "The images; headers say which tier served them.",
-                            "headers": {
-                                TIER_HEADER: {"schema": {"type": "string"}},
-                                DEGRADED_HEADER: {"schema": {"type": "string"}},
-                            },
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/ImagesResponse"}
-                                }
-                            },
-                        },
-                        "400": _error("Malformed JSON."),
-                        "401": _error("Missing or unknown API key."),
-                        "403": _error(
-                            "Client tier selection is disabled, or the API key may not use "
-                            "the tier."
-                        ),
-                        "404": _error("Unknown model."),
-                        "413": _error("Body larger than the limit."),
-                        "415": _error("Compressed body (Content-Encoding): send it plain."),
-                        "422": _error(
-                            "A field is invalid or beyond the tier's limits, or the request "
-                            "costs more than the key's per-minute work limit."
-                        ),
-                        "429": _error("Rate limit exceeded; see Retry-After."),
-                        "500": _error("The router failed; the message names the request id."),
-                        "502": _error("The tier failed; the message names the request id."),
-                        "503": _error("The tier is saturated; see Retry-After."),
-                        "504": _error("The tier did not answer within its deadline."),
+                )
+            },
+            EDITS_PATH: {
+                "post": _operation(
+                    "createImageEdit",
+                    "Edit an image: image-to-image without a mask, inpainting with one.",
+                    {
+                        "multipart/form-data": {
+                            "schema": {"$ref": "#/components/schemas/EditRequest"}
+                        }
                     },
-                }
+                )
             },
             MODELS_PATH: {
                 "get": {
                     "operationId": "listModels",
-                    "security": auth,
+                    "security": [{"bearer": []}],
                     "responses": {
                         "200": {
                             "description": "The served tiers.",
@@ -415,7 +597,8 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "ImagesRequest": request_schema,
-                "ImagesResponse": image_response,
+                "EditRequest": edit_schema,
+                "ImagesResponse": _IMAGES_RESPONSE,
                 "Error": _ERROR_SCHEMA,
             },
         },

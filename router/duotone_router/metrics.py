@@ -53,6 +53,8 @@ class RouterMetrics:
         self.backend_errors = self._counter(m.ROUTER_BACKEND_ERRORS)
         self.cancelled = self._counter(m.ROUTER_CANCELLED)
         self.config_reloads = self._counter(m.ROUTER_CONFIG_RELOADS)
+        self.usage_tokens = self._counter(m.ROUTER_USAGE_TOKENS)
+        self.moderation_blocked = self._counter(m.ROUTER_MODERATION_BLOCKED)
         self.efficient_percent = self._gauge(m.ROUTER_EFFICIENT_PERCENT)
         self.slo_p50 = self._gauge(m.ROUTER_TIER_SLO_P50)
 

@@ -48,6 +48,8 @@ class Answer:
 ANSWERS: Mapping[Reason, Answer] = {
     Reason.INVALID_JSON: Answer(400, "invalid_request_error", "invalid_json"),
     Reason.UNREADABLE_BODY: Answer(400, "invalid_request_error", "invalid_body"),
+    Reason.INVALID_FORM: Answer(400, "invalid_request_error", "invalid_form"),
+    Reason.MODERATION_BLOCKED: Answer(400, "invalid_request_error", "moderation_blocked"),
     Reason.MISSING_API_KEY: Answer(401, "authentication_error", "missing_api_key"),
     Reason.INVALID_API_KEY: Answer(401, "authentication_error", "invalid_api_key"),
     Reason.TIER_SELECTION_DISABLED: Answer(403, "permission_error", None),

@@ -315,6 +315,11 @@ def test_openapi_document_describes_the_request_model() -> None:
     )
     assert schema["additionalProperties"] is False
     assert "422" in document["paths"]["/v1/images/generations"]["post"]["responses"]
+    edit = document["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
+    edit_schema = document["components"]["schemas"]["EditRequest"]
+    assert list(edit) == ["multipart/form-data"]
+    assert edit_schema["required"] == ["image", "prompt"]
+    assert {"image", "mask", "strength", "output_format"} <= set(edit_schema["properties"])
 
 
 def test_an_open_endpoint_admits_everyone_as_anonymous() -> None:
