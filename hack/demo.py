@@ -4,10 +4,11 @@
 Starts the local control plane with its real node (hack/cluster-up.sh --real-node: the images
 are built from the repository's Dockerfiles and loaded the first time), installs the Helm chart
 (the operator runs as a pod from its image), applies examples/tiny-cpu.yaml and waits for it to
-be Ready, then sends a request mix through the router pod (split, named tiers, quality hints, a
-flagship burst, one invalid request), then a load phase that makes the autoscaler scale the
+be Ready, then sends a request mix through the router pod (split, named tiers, quality hints,
+jpeg and webp output, an image-to-image and an inpainting edit, a flagship burst, one invalid
+request), then a load phase that makes the autoscaler scale the
 efficient tier up (a real pod starts and enters the router's pool through its EndpointSlice)
-and back down. Prints a table per tier, the scale events with their reasons and where the PNGs
+and back down. Prints a table per tier, the scale events with their reasons and where the images
 are; exits non-zero if any request other than the deliberate invalid one failed.
 
 `--local` runs the data plane alone, without Kubernetes: the two tiers and the router as local
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import statistics
 import sys
 import time
@@ -30,6 +32,7 @@ from typing import Any
 
 import openai
 import yaml
+from PIL import Image
 
 from duotone_contracts.api.validation import parse_imd
 from duotone_contracts.metrics import ROUTER_BACKENDS
@@ -48,6 +51,22 @@ class Outcome:
     status: int
     seconds: float
     images: list[bytes]
+    output_format: str = "png"
+
+
+def _png(image: Image.Image) -> tuple[str, bytes, str]:
+    """A file as the SDK uploads it: (name, bytes, content type)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return ("input.png", buffer.getvalue(), "image/png")
+
+
+EDIT_IMAGE = _png(Image.linear_gradient("L").resize((64, 64)).convert("RGB"))
+"""The image the demo edits: a 64x64 gradient."""
+_MASK = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+_MASK.paste((0, 0, 0, 0), (16, 16, 48, 48))
+EDIT_MASK = _png(_MASK)
+"""Its mask: opaque (kept) but for a transparent square in the middle (changed)."""
 
 
 def requests_mix(count: int) -> list[tuple[str, dict[str, Any]]]:
@@ -61,6 +80,10 @@ def requests_mix(count: int) -> list[tuple[str, dict[str, Any]]]:
         ("named-flagship", {"prompt": "a portrait", "extra_body": {"tier": "flagship"}}),
         ("seeded-a", {"prompt": "a red kite", "extra_body": {"seed": 7}}),
         ("wide", {"prompt": "a panorama", "size": "128x64", "n": 2}),
+        ("jpeg", {"prompt": "a harbour", "output_format": "jpeg", "output_compression": 80}),
+        ("webp", {"prompt": "a meadow", "output_format": "webp", "output_compression": 80}),
+        ("edit", {"prompt": "the same scene at night", "image": EDIT_IMAGE}),
+        ("inpaint", {"prompt": "a red door", "image": EDIT_IMAGE, "mask": EDIT_MASK}),
     ]
     mix += [
         (f"burst-{i}", {"prompt": f"burst {i}", "extra_body": {"tier": "flagship", "steps": 4}})
@@ -75,9 +98,12 @@ async def send(
     async with limit:
         started = time.monotonic()
         try:
-            raw = await client.images.with_raw_response.generate(
-                response_format="b64_json", **arguments
-            )
+            if "image" in arguments:  # an edit: the SDK sends a multipart form
+                raw = await client.images.with_raw_response.edit(**arguments)
+            else:
+                raw = await client.images.with_raw_response.generate(
+                    response_format="b64_json", **arguments
+                )
         except openai.APIStatusError as error:
             seconds = time.monotonic() - started
             print(f"  {label}: {error.status_code} {error.message}")
@@ -93,6 +119,7 @@ async def send(
             200,
             seconds,
             pngs,
+            result.output_format or "png",
         )
 
 
@@ -160,7 +187,8 @@ def write_pngs(outcomes: list[Outcome], out: Path) -> int:
     written = 0
     for outcome in outcomes:
         for j, png in enumerate(outcome.images):
-            (out / f"{outcome.label}-{outcome.tier}-{j}.png").write_bytes(png)
+            name = f"{outcome.label}-{outcome.tier}-{j}.{outcome.output_format}"
+            (out / name).write_bytes(png)
             written += 1
     return written
 
