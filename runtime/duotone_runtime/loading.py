@@ -72,6 +72,14 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
+def compute_dtype(dtype: str, device: str) -> str:
+    """The dtype a pipeline runs in on `device`: the spec's `model.dtype` on a GPU (the field is
+    the GPU dtype), float32 on the CPU. Most CPUs have no half-precision matrix units and
+    emulate them: on an AVX2 core without bfloat16 instructions the tiny pipeline took 1.9 s to
+    decode one 64x64 image in bfloat16 and 0.03 s in float32."""
+    return dtype if device.startswith("cuda") else "float32"
+
+
 def load_pipeline(resolved: ResolvedSource, *, dtype: str, device: str) -> Any:
     """`AutoPipelineForText2Image.from_pretrained` onto `device` in `dtype`, offline by default.
 

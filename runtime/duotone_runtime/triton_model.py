@@ -35,7 +35,7 @@ from duotone_contracts.limits import (
 from duotone_contracts.tier import parse_tier_document
 from duotone_runtime.batching import ShapeKey, plan_pipeline_calls
 from duotone_runtime.execution import STAGES, PipelineRunner, apply_torch_threads
-from duotone_runtime.loading import load_pipeline, resolve_source
+from duotone_runtime.loading import compute_dtype, load_pipeline, resolve_source
 from duotone_runtime.model_health import FAULT_ENV, ModelHealth, record_call, write_failure
 
 BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
@@ -142,7 +142,8 @@ class TritonPythonModel:
             cache_dir=Path(params.get("cache_dir") or tempfile.gettempdir()),
             allow_download=model.allow_download,
         )
-        pipeline = load_pipeline(resolved, dtype=model.dtype, device=device)
+        dtype = compute_dtype(model.dtype, device)
+        pipeline = load_pipeline(resolved, dtype=dtype, device=device)
         self.runner = PipelineRunner(
             pipeline, device=device, batch_invariant=params.get("batch_invariant") == "true"
         )
@@ -163,7 +164,7 @@ class TritonPythonModel:
         if self.injected_error is not None:
             self.logger.log_warn(f"duotone: {FAULT_ENV} is set: every pipeline call will fail")
         self.logger.log_info(
-            f"duotone: tier {self.tier.name} serving {model.source} ({model.dtype}) on {device}; "
+            f"duotone: tier {self.tier.name} serving {model.source} ({dtype}) on {device}; "
             f"batch-invariant layers: {self.runner.batch_invariant_layers}"
         )
 

@@ -13,6 +13,7 @@ import pytest
 from duotone_runtime.loading import (
     ModelLoadError,
     attention_backends,
+    compute_dtype,
     load_pipeline,
     resolve_source,
 )
@@ -54,6 +55,22 @@ def test_file_source_loads_a_saved_directory(tmp_path: Path, tiny_dir: Path) -> 
     assert resolved.location == str(target)
     pipeline = load_pipeline(resolved, dtype="bfloat16", device="cpu")
     assert str(pipeline.unet.dtype) == "torch.bfloat16"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "device", "runs_in"),
+    [
+        ("bfloat16", "cuda:0", "bfloat16"),
+        ("float16", "cuda:1", "float16"),
+        ("float32", "cuda:0", "float32"),
+        ("bfloat16", "cpu", "float32"),
+        ("float16", "cpu", "float32"),
+    ],
+)
+def test_the_spec_dtype_is_the_gpu_dtype_and_the_cpu_runs_float32(
+    dtype: str, device: str, runs_in: str
+) -> None:
+    assert compute_dtype(dtype, device) == runs_in
 
 
 def test_pvc_source_reads_below_the_claim_mount(tmp_path: Path, tiny_dir: Path) -> None:
