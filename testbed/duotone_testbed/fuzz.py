@@ -281,10 +281,12 @@ def corpus(
     path: str = "/v1/images/generations",
     authorization: str | None = None,
     count: int = 1000,
+    body_limit: int = BODY_LIMIT,
 ) -> list[FuzzCase]:
     """At least `count` hostile requests to `path`, deterministic in `seed`. `template` is the
     JSON object hostile values are spliced into (one leaf at a time); `authorization` is sent
-    with every request whose hostility is elsewhere (header cases replace it)."""
+    with every request whose hostility is elsewhere (header cases replace it); `body_limit` is
+    the target's request body limit, which the oversized cases exceed."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible corpus, not a secret
     target = path.encode()
     auth: Headers = [(b"Authorization", authorization.encode())] if authorization else []
@@ -312,7 +314,7 @@ def corpus(
                 post(splice({**template, "zz": 0}, ("zz",), fragment)),
             )
 
-    cases.extend(_framing_cases(body, target, auth, rng))
+    cases.extend(_framing_cases(body, target, auth, rng, body_limit))
     cases.extend(_encoding_cases(body, target, auth))
     for name, headers in header_cases(auth[0][1] if auth else None):
         add("headers", name, post(body, headers=headers))
@@ -334,7 +336,9 @@ def corpus(
     return cases
 
 
-def _framing_cases(body: bytes, target: bytes, auth: Headers, rng: random.Random) -> list[FuzzCase]:
+def _framing_cases(
+    body: bytes, target: bytes, auth: Headers, rng: random.Random, body_limit: int
+) -> list[FuzzCase]:
     def post(**options: Any) -> bytes:
         options.setdefault("headers", auth)
         options.setdefault("framing", "none")
@@ -359,7 +363,7 @@ def _framing_cases(body: bytes, target: bytes, auth: Headers, rng: random.Random
             framing="chunked", chunks=[b"3\r\nhello\r\n0\r\n\r\n"]
         ),
         "huge chunk size, more data than the limit": post(
-            framing="chunked", chunks=[b"ffffffff\r\n" + b"x" * (BODY_LIMIT + 4096)]
+            framing="chunked", chunks=[b"ffffffff\r\n" + b"x" * (body_limit + 4096)]
         ),
         "chunk size overflowing 64 bits": post(
             framing="chunked", chunks=[b"1" + b"0" * 40 + b"\r\nabc\r\n0\r\n\r\n"]
@@ -368,13 +372,13 @@ def _framing_cases(body: bytes, target: bytes, auth: Headers, rng: random.Random
         "LF-only chunk lines": post(framing="chunked", chunks=[b"5\nhello\n0\n\n"]),
         "empty body, chunked": post(framing="chunked", chunks=[b"0\r\n\r\n"]),
         "body over the limit, chunked": post(
-            framing="chunked", chunks=[chunked(split(b"x" * (BODY_LIMIT + 10), 5, rng))]
+            framing="chunked", chunks=[chunked(split(b"x" * (body_limit + 10), 5, rng))]
         ),
         "body over the limit, with length": post(
-            payload=b"x" * (BODY_LIMIT + 10), framing="length"
+            payload=b"x" * (body_limit + 10), framing="length"
         ),
         "declared length over the limit, short body": post(
-            payload=body, headers=[*auth, (b"Content-Length", b"%d" % (10 * BODY_LIMIT))]
+            payload=body, headers=[*auth, (b"Content-Length", b"%d" % (10 * body_limit))]
         ),
         "declared length of 20 digits": post(
             payload=body, headers=[*auth, (b"Content-Length", b"9" * 20)]

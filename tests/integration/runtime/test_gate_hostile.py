@@ -148,7 +148,15 @@ def test_http_fuzz_gets_no_server_error_and_no_dropped_connection(gate: RuntimeS
         ]
     }
     # An unknown model: whatever parses is refused by Triton before any model work.
-    cases = fuzz.corpus(17, template=template, path="/v2/models/nosuch/infer") + gate_cases()
+    cases = (
+        fuzz.corpus(
+            17,
+            template=template,
+            path="/v2/models/nosuch/infer",
+            body_limit=LIMITS.http_request_bytes,
+        )
+        + gate_cases()
+    )
     assert len(cases) >= 1000
     process: Any = gate.process
     host, port = "127.0.0.1", gate.http_port
