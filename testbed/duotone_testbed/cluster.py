@@ -28,6 +28,8 @@ Manifest = dict[str, Any]
 REAL_NODE_LABEL = "duotone.io/real-node=true"
 OPERATOR_RELEASE = "duotone"
 OPERATOR_NAMESPACE = "duotone-system"
+TESTBED_CHART_VALUES: dict[str, Any] = {"image.pullPolicy": "IfNotPresent"}
+"""Chart values every test-bed install starts from: its images are preloaded, never pulled."""
 OPERATOR_SELECTOR = "app.kubernetes.io/name=duotone-operator"
 """The chart's selector labels of the operator pod (charts/duotone/templates/_helpers.tpl)."""
 
@@ -140,9 +142,11 @@ class RealCluster:
         )
 
     def install_operator(self, values: Mapping[str, Any] | None = None) -> None:
-        """`helm upgrade --install` of charts/duotone; waits for the operator pod to be Ready."""
+        """`helm upgrade --install` of charts/duotone; waits for the operator pod to be Ready.
+        The test bed's images are loaded onto its node (there is no registry), so the operator
+        image is never pulled: `image.pullPolicy` is IfNotPresent unless `values` say else."""
         flags: list[str] = []
-        for key, value in (values or {}).items():
+        for key, value in {**TESTBED_CHART_VALUES, **(values or {})}.items():
             flags += ["--set-json", f"{key}={json.dumps(value)}"]
         self.helm(
             "upgrade",

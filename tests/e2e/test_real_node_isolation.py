@@ -4,7 +4,8 @@ First the enforcer itself, with a hand-written policy in front of a stand-in ser
 every pod without it, closed to all but the pods it names with it, open again once it is gone.
 Then the operator's own policies: a pod outside the IMD cannot open a tier pod's Triton ports
 (HTTP, gRPC) nor, being outside the scraper namespaces, its metrics port, while the IMD's router
-pod can open the Triton ports and answers a generation request through them.
+pod can open the Triton ports and answers a generation request through them; the tier pods
+themselves cannot open any connection (egress closed).
 Probe pods run the router's image (python3 opens the connections from inside them).
 """
 
@@ -121,3 +122,7 @@ def test_a_pod_outside_the_imd_cannot_open_tritons_ports_while_its_router_can(
     router_pod = router["metadata"]["name"]
     assert open_ports(real_cluster, real_namespace, router_pod, tiers) == set(tiers)
     assert generate(url, extra_body={"tier": "efficient"}).startswith(b"\x89PNG")
+    # Tier pods open no connection (their policy closes egress): not even the router's API,
+    # which the outsider reaches.
+    tier_pod = tier_pods(real_cluster, real_namespace, "iso")[0]["metadata"]["name"]
+    assert open_ports(real_cluster, real_namespace, tier_pod, [router_api]) == set()

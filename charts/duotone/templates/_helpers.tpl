@@ -43,13 +43,61 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* An image reference: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "duotone.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
 {{- define "duotone.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "duotone.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The operator's pull policy: the value's, else Always for a tag, IfNotPresent for a digest
+(the rule the operator applies to IMD images, duotone_operator/render/placement.py). */}}
+{{- define "duotone.pullPolicy" -}}
+{{- if .Values.image.pullPolicy }}
+{{- .Values.image.pullPolicy }}
+{{- else if .Values.image.digest }}
+{{- "IfNotPresent" }}
+{{- else }}
+{{- "Always" }}
+{{- end }}
 {{- end }}
 
 {{/* The router image the operator gives IMDs that name none. */}}
 {{- define "duotone.routerImage" -}}
-{{- printf "%s:%s" .Values.routerImage.repository (default .Chart.AppVersion .Values.routerImage.tag) }}
+{{- include "duotone.imageRef" (dict "image" .Values.routerImage "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/* kube-score checks the operator Deployment deliberately does not follow, each for a reason
+that holds for this object only (docs/helm.md, "Manifest audit"):
+- container-image-pull-policy: a policy other than Always was chosen (a digest cannot change;
+  or images preloaded on the nodes);
+- deployment-has-host-podantiaffinity: replicas spread by a topologySpreadConstraint on the
+  hostname, which kube-score does not recognise (a required anti-affinity would leave the
+  standby Pending on a one-node cluster);
+- pod-networkpolicy: networkPolicy.enabled is false, the installer's choice (policies managed
+  elsewhere, or a CNI that does not enforce them). */}}
+{{- define "duotone.auditIgnores" -}}
+{{- $checks := list }}
+{{- if ne (include "duotone.pullPolicy" .) "Always" }}
+{{- $checks = append $checks "container-image-pull-policy" }}
+{{- end }}
+{{- $hostSpread := false }}
+{{- range .Values.topologySpread }}
+{{- if eq .topologyKey "kubernetes.io/hostname" }}{{ $hostSpread = true }}{{ end }}
+{{- end }}
+{{- if and $hostSpread (not (dig "podAntiAffinity" nil .Values.affinity)) }}
+{{- $checks = append $checks "deployment-has-host-podantiaffinity" }}
+{{- end }}
+{{- if not .Values.networkPolicy.enabled }}
+{{- $checks = append $checks "pod-networkpolicy" }}
+{{- end }}
+{{- join "," $checks }}
 {{- end }}
 
 {{/* The operator's RBAC rules (files/operator-rbac-rules.yaml, the same file the e2e tests

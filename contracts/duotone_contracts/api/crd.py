@@ -77,6 +77,15 @@ def _model_classes(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
     return found
 
 
+def _dumped(value: Any) -> Any:
+    """A default as the API server stores it: models (also inside lists) as their JSON."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [_dumped(item) for item in value]
+    return value
+
+
 def _factory_defaults(cls: type[BaseModel]) -> dict[str, Any]:
     """Defaults pydantic omits from the schema: fields built by `default_factory`."""
     defaults: dict[str, Any] = {}
@@ -86,9 +95,7 @@ def _factory_defaults(cls: type[BaseModel]) -> dict[str, Any]:
         value = field.default_factory()  # type: ignore[call-arg]
         # In full: the API server checks a default against its object's rules as written,
         # without filling in the inner defaults first.
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
-        defaults[field.alias or name] = value
+        defaults[field.alias or name] = _dumped(value)
     return defaults
 
 

@@ -42,6 +42,7 @@ OverflowPolicy = Literal["efficient", "reject"]
 EfficientOverflowPolicy = Literal["reject", "flagship"]
 MetricsSourceKind = Literal["direct", "prometheus"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+WhenUnsatisfiable = Literal["ScheduleAnyway", "DoNotSchedule"]
 TolerationOperator = Literal["Exists", "Equal"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -63,11 +64,12 @@ def _matches(pattern: str, value: str) -> bool:
     return re.fullmatch(pattern, value) is not None
 
 
-def _quantity_rule(field: str) -> Rule:
+def _quantity_rule(field: str, attr: str | None = None) -> Rule:
+    """`field` is the wire name; `attr` the Python one where they differ."""
     return Rule(
         cel=f"self.{field}.matches('{QUANTITY_PATTERN}')",
         message=f"{field} must be a Kubernetes quantity such as 500m, 4, 16Gi",
-        holds=lambda obj: _matches(QUANTITY_PATTERN, getattr(obj, field)),
+        holds=lambda obj: _matches(QUANTITY_PATTERN, getattr(obj, attr or field)),
         field_path=f".{field}",
     )
 
@@ -270,6 +272,13 @@ class ResourcesSpec(SpecModel):
     )
     cpu: str = Field("4", max_length=32, description="CPU request and limit per pod.")
     memory: str = Field("32Gi", max_length=32, description="Memory request and limit per pod.")
+    ephemeral_storage: str = Field(
+        "10Gi",
+        max_length=32,
+        description="Node disk per pod (request and limit): logs, /tmp and the model cache "
+        "emptyDir, each emptyDir capped at this size. A pod that downloads its model into the "
+        "emptyDir (allowDownload without cacheClaimName) needs the model's size and 2Gi more.",
+    )
 
     rules = (
         Rule(
@@ -280,6 +289,7 @@ class ResourcesSpec(SpecModel):
         ),
         _quantity_rule("cpu"),
         _quantity_rule("memory"),
+        _quantity_rule("ephemeralStorage", "ephemeral_storage"),
     )
 
 
@@ -304,6 +314,57 @@ class Toleration(SpecModel):
     )
 
 
+class TopologySpread(SpecModel):
+    """How a workload's pods spread over a node topology: a topologySpreadConstraint whose
+    selector is the workload's own pods (of the current rollout)."""
+
+    topology_key: str = Field(
+        "kubernetes.io/hostname",
+        max_length=317,
+        description="Node label whose values are the domains (hostname: one per node).",
+    )
+    max_skew: int = Field(
+        1, ge=1, le=1000, description="Most pods one domain may hold beyond the emptiest."
+    )
+    when_unsatisfiable: WhenUnsatisfiable = Field(
+        "ScheduleAnyway",
+        description="ScheduleAnyway (soft: the scheduler prefers spreading, but a GPU pool "
+        "with few nodes still takes every pod) or DoNotSchedule (hard).",
+    )
+
+    rules = (
+        Rule(
+            cel=f"self.topologyKey.matches('{QUALIFIED_NAME_PATTERN}')",
+            message="topologySpread.topologyKey must be a label key such as kubernetes.io/hostname",
+            holds=lambda t: _matches(QUALIFIED_NAME_PATTERN, t.topology_key),
+            field_path=".topologyKey",
+        ),
+    )
+
+
+def _default_spread() -> list[TopologySpread]:
+    return [TopologySpread()]
+
+
+def _spread_field(workload: str) -> Any:
+    return Field(
+        default_factory=_default_spread,
+        max_length=4,
+        description=f"Spread of the {workload} pods; by default soft, one per node where "
+        "possible. [] turns spreading off.",
+    )
+
+
+def _unique_spread_keys() -> Rule:
+    return Rule(
+        cel="self.topologySpread.all(a, self.topologySpread.exists_one(b, "
+        "b.topologyKey == a.topologyKey))",
+        message="topologySpread must name each topologyKey once",
+        holds=lambda s: len({t.topology_key for t in s.topology_spread}) == len(s.topology_spread),
+        field_path=".topologySpread",
+    )
+
+
 class SchedulingSpec(SpecModel):
     """Where the tier's pods may run. GPU taints are tolerated automatically."""
 
@@ -316,6 +377,9 @@ class SchedulingSpec(SpecModel):
     priority_class_name: str | None = Field(
         None, max_length=253, description="PriorityClass of the pods."
     )
+    topology_spread: list[TopologySpread] = _spread_field("tier's")
+
+    rules = (_unique_spread_keys(),)
 
 
 class SLOSpec(SpecModel):
@@ -549,12 +613,22 @@ class ApiKeyTiers(SpecModel):
 
 
 class ContainerResources(SpecModel):
-    """CPU and memory of a container without GPUs."""
+    """CPU, memory and node disk of a container without GPUs."""
 
     cpu: str = Field("1", max_length=32, description="CPU request and limit.")
     memory: str = Field("1Gi", max_length=32, description="Memory request and limit.")
+    ephemeral_storage: str = Field(
+        "256Mi",
+        max_length=32,
+        description="Node disk (request and limit): logs and /tmp, whose emptyDir is capped "
+        "at this size.",
+    )
 
-    rules = (_quantity_rule("cpu"), _quantity_rule("memory"))
+    rules = (
+        _quantity_rule("cpu"),
+        _quantity_rule("memory"),
+        _quantity_rule("ephemeralStorage", "ephemeral_storage"),
+    )
 
 
 class ModerationSpec(SpecModel):
@@ -598,13 +672,15 @@ class RouterSpec(SpecModel):
         "from zero, or every pod ejected); beyond it new ones get 503 with Retry-After.",
     )
     resources: ContainerResources = Field(
-        default_factory=ContainerResources, description="Router CPU and memory."
+        default_factory=ContainerResources, description="Router CPU, memory and node disk."
     )
     moderation: ModerationSpec = Field(
         default_factory=ModerationSpec, description="The prompt check before any GPU work."
     )
+    topology_spread: list[TopologySpread] = _spread_field("router")
 
     rules = (
+        _unique_spread_keys(),
         Rule(
             cel="self.apiKeyTiers.all(a, self.apiKeyTiers.exists_one(b, b.key == a.key))",
             message="router.apiKeyTiers must name each key once",
@@ -624,7 +700,12 @@ class RuntimeSpec(SpecModel):
     """The tier pods' image (built from runtime/Dockerfile)."""
 
     image: str = Field(max_length=512, description="Runtime image reference.")
-    image_pull_policy: PullPolicy = Field("IfNotPresent", description="Image pull policy.")
+    image_pull_policy: PullPolicy | None = Field(
+        None,
+        description="Pull policy of the runtime and router images. Unset: Always for an image "
+        "named by tag (a tag can move; every start revalidates the pull secret), IfNotPresent "
+        "for one pinned by digest (its content cannot change).",
+    )
 
     rules = (
         Rule(

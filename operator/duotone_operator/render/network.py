@@ -4,8 +4,14 @@ Tier pods answer only their own IMD's router pods (Triton's HTTP and gRPC ports,
 drain gate) and the metrics scrapers (the metrics port); nothing else in the cluster can reach
 Triton directly, around the router's keys, limits and validation. Router pods answer the
 configured clients on the endpoint port (any source by default) and the scrapers on the metrics
-port, whose series name API keys. Only ingress is restricted: egress targets (the API server,
-the tiers) are cluster-specific.
+port, whose series name API keys.
+
+Tier pods open no connection at all (their model is in the image, on a claim or in a
+pre-pulled cache; the router calls them, not the reverse), so their egress is closed, unless a
+tier downloads its model (`model.allowDownload`): the hub's addresses cannot be named by a
+policy, so egress is then open. The router's egress stays open: it needs the API server
+(EndpointSlices), whose address and port are cluster-specific; manifest auditors report that
+(docs/helm.md, "Manifest audit").
 """
 
 from __future__ import annotations
@@ -50,6 +56,11 @@ def _rule(ports: list[Manifest], peers: Sequence[Manifest] | None) -> Manifest:
     return rule
 
 
+def _downloads(imd: ImageModelDeployment) -> bool:
+    """Whether a tier of the IMD may fetch its model from the hub at start."""
+    return any(spec.model.allow_download for spec in imd.spec.tiers.present().values())
+
+
 def render_network_policies(imd: ImageModelDeployment, settings: RenderSettings) -> list[Manifest]:
     """`<imd>-tiers` and `<imd>-router`, or nothing when the operator renders no policies."""
     if not settings.network_policies:
@@ -64,7 +75,7 @@ def render_network_policies(imd: ImageModelDeployment, settings: RenderSettings)
         ),
         "spec": {
             "podSelector": {"matchLabels": names.tiers_selector(name)},
-            "policyTypes": ["Ingress"],
+            "policyTypes": ["Ingress", "Egress"],
             "ingress": [
                 _rule(
                     _ports(TIER_HTTP, TIER_GRPC),
@@ -74,6 +85,10 @@ def render_network_policies(imd: ImageModelDeployment, settings: RenderSettings)
             ],
         },
     }
+    if _downloads(imd):
+        # No rule at all (the API server stores `[]` as absent) closes egress; one empty rule
+        # opens it.
+        tiers["spec"]["egress"] = [{}]
     clients = list(settings.router_ingress_from) or None
     router: Manifest = {
         "apiVersion": "networking.k8s.io/v1",

@@ -11,7 +11,7 @@ from duotone_contracts.services import (
     TIER_HTTP,
     TIER_METRICS,
 )
-from duotone_operator.render import names
+from duotone_operator.render import names, placement
 from duotone_operator.render.objects import (
     CONFIG_MOUNT,
     Manifest,
@@ -85,9 +85,10 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
     name = imd.metadata.name
     router = imd.spec.router
     image = router.image or settings.router_image
+    disk = router.resources.ephemeral_storage
     volumes: list[Manifest] = [
         {"name": "config", "configMap": {"name": names.router_config_name(name)}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": disk}},
     ]
     mounts: list[Manifest] = [
         {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
@@ -98,12 +99,17 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
             {"name": "api-keys", "secret": {"secretName": router.api_keys_secret_ref.name}}
         )
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
-    amounts = {"cpu": router.resources.cpu, "memory": router.resources.memory}
+    amounts = {
+        "cpu": router.resources.cpu,
+        "memory": router.resources.memory,
+        "ephemeral-storage": disk,
+    }
+    pull_policy = placement.pull_policy(image, imd.spec.runtime.image_pull_policy)
     probe: Manifest = {"periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3}
     container: Manifest = {
         "name": "router",
         "image": image,
-        "imagePullPolicy": imd.spec.runtime.image_pull_policy,
+        "imagePullPolicy": pull_policy,
         "command": ["duotone-router"],
         "args": [
             "--config",
@@ -124,10 +130,35 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }
+    pod_spec: Manifest = {
+        "serviceAccountName": names.router_name(name),
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.router_termination_grace(
+            longest_request_timeout_ms(imd)
+        ),
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if router.topology_spread:
+        pod_spec["topologySpreadConstraints"] = placement.spread_constraints(
+            router.topology_spread, names.router_selector(name)
+        )
+    metadata = object_metadata(imd, names.router_name(name), names.router_labels(name))
+    # The router's replica count is the IMD's (router.replicas): below 2 the auditor's
+    # replicas warning stands, as it should.
+    ignores = placement.audit_ignores(
+        pull_policies=[pull_policy],
+        spread=router.topology_spread,
+        autoscaled=False,
+        network_policies=settings.network_policies,
+    )
+    if ignores:
+        metadata["annotations"] = ignores
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": object_metadata(imd, names.router_name(name), names.router_labels(name)),
+        "metadata": metadata,
         "spec": {
             "replicas": router.replicas,
             "selector": {"matchLabels": names.router_selector(name)},
@@ -136,19 +167,7 @@ def render_router_deployment(imd: ImageModelDeployment, settings: RenderSettings
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
             "revisionHistoryLimit": 3,
-            "template": {
-                "metadata": {"labels": names.router_labels(name)},
-                "spec": {
-                    "serviceAccountName": names.router_name(name),
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": settings.router_termination_grace(
-                        longest_request_timeout_ms(imd)
-                    ),
-                    "securityContext": restricted_pod_security(),
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
+            "template": {"metadata": {"labels": names.router_labels(name)}, "spec": pod_spec},
         },
     }
 

@@ -14,7 +14,7 @@ from duotone_contracts.tier import (
     TIER_DOCUMENT_FILE,
     TierDocument,
 )
-from duotone_operator.render import names
+from duotone_operator.render import names, placement
 from duotone_operator.render.objects import (
     CONFIG_MOUNT,
     Manifest,
@@ -66,11 +66,14 @@ def _runtime_model_source(spec: TierSpec) -> str:
 def _volumes(
     spec: TierSpec, config_map: str, settings: RenderSettings
 ) -> tuple[list[Manifest], list[Manifest]]:
-    """Volumes and the runtime container's mounts: config, model, scratch, shared memory."""
+    """Volumes and the runtime container's mounts: config, model, scratch, shared memory.
+    Each disk-backed emptyDir is capped at the pod's ephemeral storage (the kubelet evicts a
+    pod past either bound, rather than letting it fill the node's disk)."""
+    disk = spec.resources.ephemeral_storage
     volumes: list[Manifest] = [
         {"name": "config", "configMap": {"name": config_map}},
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": disk}},
+        {"name": "cache", "emptyDir": {"sizeLimit": disk}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
     ]
     mounts: list[Manifest] = [
@@ -135,7 +138,11 @@ def _env(spec: TierSpec) -> list[Manifest]:
 
 
 def _resources(spec: TierSpec) -> Manifest:
-    amounts: dict[str, str] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
+    amounts: dict[str, str] = {
+        "cpu": spec.resources.cpu,
+        "memory": spec.resources.memory,
+        "ephemeral-storage": spec.resources.ephemeral_storage,
+    }
     if spec.resources.gpus > 0:
         amounts[spec.resources.gpu_resource_name] = str(spec.resources.gpus)
     # requests == limits: Guaranteed QoS, so a busy node never evicts a serving pod first.
@@ -176,10 +183,12 @@ def render_tier_deployment(
     name = imd.metadata.name
     config_map = names.tier_config_name(name, tier)
     volumes, mounts = _volumes(spec, config_map, settings)
+    image = imd.spec.runtime.image
+    pull_policy = placement.pull_policy(image, imd.spec.runtime.image_pull_policy)
     container: Manifest = {
         "name": RUNTIME_CONTAINER,
-        "image": imd.spec.runtime.image,
-        "imagePullPolicy": imd.spec.runtime.image_pull_policy,
+        "image": image,
+        "imagePullPolicy": pull_policy,
         # The image's entrypoint is the runtime (`python -m duotone_runtime`).
         "args": [
             "serve",
@@ -221,6 +230,11 @@ def render_tier_deployment(
         "containers": [container],
         "volumes": volumes,
     }
+    spread = spec.scheduling.topology_spread
+    if spread:
+        pod_spec["topologySpreadConstraints"] = placement.spread_constraints(
+            spread, names.tier_selector(name, tier)
+        )
     tolerations = _tolerations(spec)
     if tolerations:
         pod_spec["tolerations"] = tolerations
@@ -248,12 +262,19 @@ def render_tier_deployment(
     }
     if replicas is not None:
         deployment_spec = {"replicas": replicas, **deployment_spec}
+    metadata = object_metadata(imd, names.tier_name(name, tier), names.tier_labels(name, tier))
+    ignores = placement.audit_ignores(
+        pull_policies=[pull_policy],
+        spread=spread,
+        autoscaled=True,
+        network_policies=settings.network_policies,
+    )
+    if ignores:
+        metadata["annotations"] = ignores
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": object_metadata(
-            imd, names.tier_name(name, tier), names.tier_labels(name, tier)
-        ),
+        "metadata": metadata,
         "spec": deployment_spec,
     }
 

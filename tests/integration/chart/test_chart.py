@@ -60,8 +60,8 @@ VALUE_SETS = [
             "dashboards": {"enabled": False},
             "operator": {"autoscaleIntervalSeconds": 0, "logFormat": "text", "workers": 2},
             "resources": {
-                "requests": {"cpu": "250m", "memory": "512Mi"},
-                "limits": {"cpu": "2", "memory": "1Gi"},
+                "requests": {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "64Mi"},
+                "limits": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "128Mi"},
             },
             "nodeSelector": {"pool": "system"},
             "tolerations": [{"key": "system", "operator": "Exists", "effect": "NoSchedule"}],
@@ -161,7 +161,14 @@ def test_security_audit(values: dict[str, Any], tmp_path: Path) -> None:
             assert not context.get("privileged")
             assert "add" not in context["capabilities"]
             for bound in ("requests", "limits"):
-                assert set(container["resources"][bound]) >= {"cpu", "memory"}, bound
+                assert set(container["resources"][bound]) >= {
+                    "cpu",
+                    "memory",
+                    "ephemeral-storage",
+                }, bound
+        for volume in pod.get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), volume["name"]
     for role in (o for o in objects if o["kind"] in ("ClusterRole", "Role")):
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs"):
@@ -423,3 +430,52 @@ def test_admission_policy_values_are_checked_naming_the_field(
         render(values, tmp_path)
     assert "values don't meet the specifications of the schema" in str(error.value)
     assert field.replace(".", "/") in str(error.value), str(error.value)
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("image", "policy", "ignored"),
+    [
+        ({}, "Always", False),
+        ({"digest": DIGEST}, "IfNotPresent", True),
+        ({"pullPolicy": "IfNotPresent"}, "IfNotPresent", True),
+        ({"digest": DIGEST, "pullPolicy": "Always"}, "Always", False),
+    ],
+    ids=["tag", "digest", "explicit IfNotPresent", "digest pulled Always"],
+)
+def test_pull_policy_follows_tag_or_digest_and_is_marked_for_auditors(
+    image: dict[str, str], policy: str, ignored: bool, tmp_path: Path
+) -> None:
+    deployment = only(render({"image": image}, tmp_path), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["imagePullPolicy"] == policy
+    repository = "registry.example.com/duotone-operator"
+    expected = f"{repository}@{DIGEST}" if "digest" in image else f"{repository}:{APP_VERSION}"
+    assert container["image"] == expected
+    skipped = deployment["metadata"].get("annotations", {}).get("kube-score/ignore", "")
+    assert ("container-image-pull-policy" in skipped.split(",")) == ignored
+
+
+def test_router_image_may_be_pinned_by_digest(tmp_path: Path) -> None:
+    deployment = only(render({"routerImage": {"digest": DIGEST}}, tmp_path), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DUOTONE_ROUTER_IMAGE"] == f"registry.example.com/duotone-router@{DIGEST}"
+
+
+def test_operator_replicas_spread_softly_over_nodes(tmp_path: Path) -> None:
+    deployment = only(render({}, tmp_path), "Deployment")
+    template = deployment["spec"]["template"]
+    (spread,) = template["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert spread["matchLabelKeys"] == ["pod-template-hash"]
+    skipped = deployment["metadata"]["annotations"]["kube-score/ignore"].split(",")
+    assert "deployment-has-host-podantiaffinity" in skipped
+    # Spread turned off: nothing is rendered and the auditor's finding is no longer skipped.
+    off = only(render({"topologySpread": []}, tmp_path / "off"), "Deployment")
+    assert "topologySpreadConstraints" not in off["spec"]["template"]["spec"]
+    assert "kube-score/ignore" not in off["metadata"].get("annotations", {})

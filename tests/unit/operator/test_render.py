@@ -294,7 +294,8 @@ def test_tier_pods_accept_only_their_router_and_the_scrapers() -> None:
         render_children(_deployed(imd("sd").tier("efficient").tier("flagship").build()), settings)
     )
     policy = children[("NetworkPolicy", "sd-tiers")]
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "egress" not in policy["spec"]  # Egress without a rule: tier pods open nothing
     for tier in ("sd-efficient", "sd-flagship"):
         assert _pod_selected(policy, _pod(list(children.values()), tier)["metadata"]["labels"])
     assert not _pod_selected(
