@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # generators (docs/development.md). `make install` installs them all, editable.
 PACKAGES := contracts operator router runtime testbed monitoring
 
-.PHONY: help install generate verify test test-fast binaries tools images cluster-up cluster-up-fake cluster-down demo demo-local bench clean
+.PHONY: help install generate verify audit test test-fast binaries tools images cluster-up cluster-up-fake cluster-down demo demo-local bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,14 +28,19 @@ install: $(INSTALLED) ## Create .venv with every package (editable), the dev too
 generate: install ## Regenerate crds/, the chart's CRD copy, the dashboard and the alert rules from code
 	$(PY) hack/generate.py
 
-verify: install ## Lint, format, strict types, import layers, generated files unchanged
+verify: install ## Lint, format, strict types, import layers, generated files unchanged, manifest audit
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy $(foreach p,$(PACKAGES),$(p)/duotone_$(p)) hack/generate.py tests/support tests/fakes \
+	$(VENV)/bin/mypy $(foreach p,$(PACKAGES),$(p)/duotone_$(p)) hack/generate.py hack/audit.py tests/support tests/fakes \
 	  bench/reconcile.py bench/runtime.py bench/formats.py bench/gpu_runtime.py bench/router.py bench/autoscaler.py bench/local_cluster.py bench/mixed_burst.py bench/cold_start.py \
 	  hack/demo.py
 	$(VENV)/bin/lint-imports
 	$(PY) hack/generate.py --check
+	$(MAKE) --no-print-directory audit
+
+audit: install ## kube-score the chart and every example's children; fail on a CRITICAL finding
+	hack/install-tools.sh --audit >/dev/null
+	$(PY) hack/audit.py
 
 test-fast: install ## Unit tests only (pure, seconds)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -46,7 +51,7 @@ binaries: ## Build (first time, ~15 min) or reuse the control-plane and real-nod
 images: tools ## Build the operator, router and CPU runtime images (buildah, cached by content)
 	hack/images.sh build
 
-tools: ## Install Prometheus/promtool (Debian) and build Helm (Go module) if missing
+tools: ## Install Prometheus/promtool (Debian) and build Helm and kube-score (Go modules) if missing
 	hack/install-tools.sh
 
 # Images are built before pytest starts: the first build (a cold cache) takes longer than one

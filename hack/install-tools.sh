@@ -5,12 +5,16 @@
 #     kubelet, kube-proxy and kube-router are built by hack/build-binaries.sh --node);
 #   - prometheus and promtool: Debian's prometheus package (real Prometheus in tests, rule tests);
 #   - helm: built from its Go module (HELM_VERSION in hack/versions.env) into the binary cache;
+#   - kube-score: built from its Go module (KUBE_SCORE_VERSION) into the binary cache, for the
+#     manifest audit (hack/audit.py);
 #   - prometheus-operator's CRDs: its Go module (PROMETHEUS_OPERATOR_VERSION) in the module cache.
 #
-# Usage: hack/install-tools.sh [--print-helm | --print-monitoring-crds]
+# Usage: hack/install-tools.sh [--audit | --print-helm | --print-kube-score | --print-monitoring-crds]
+#   --audit                  only helm and kube-score (what `make verify`'s audit needs; no root).
 #   --print-helm             install nothing; print the helm binary's path (empty if not built yet).
+#   --print-kube-score       the same for kube-score.
 #   --print-monitoring-crds  print the folder holding prometheus-operator's CRD files.
-# DUOTONE_HELM overrides the helm binary.
+# DUOTONE_HELM and DUOTONE_KUBE_SCORE override the binaries.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,10 +22,12 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "${REPO_ROOT}/hack/versions.env"
 CACHE_ROOT="${DUOTONE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/duotone/bin}"
 HELM_BIN="${DUOTONE_HELM:-${CACHE_ROOT}/helm-${HELM_VERSION}/helm}"
+KUBE_SCORE_BIN="${DUOTONE_KUBE_SCORE:-${CACHE_ROOT}/kube-score-${KUBE_SCORE_VERSION}/kube-score}"
 
 case "${1:-}" in
   --print-helm) [[ -x "$HELM_BIN" ]] && echo "$HELM_BIN"; exit 0 ;;
-  --print-monitoring-crds) ;;  # handled below, once the function is defined
+  --print-kube-score) [[ -x "$KUBE_SCORE_BIN" ]] && echo "$KUBE_SCORE_BIN"; exit 0 ;;
+  --print-monitoring-crds | --audit) ;;  # handled below, once the functions are defined
   "") ;;
   *) echo "install-tools: unknown argument '$1'" >&2; exit 2 ;;
 esac
@@ -82,6 +88,24 @@ install_helm() {
   echo "helm installed: $HELM_BIN"
 }
 
+install_kube_score() {
+  if [[ -x "$KUBE_SCORE_BIN" ]]; then
+    echo "kube-score present: $KUBE_SCORE_BIN"
+    return
+  fi
+  [[ -z "${DUOTONE_KUBE_SCORE:-}" ]] || {
+    echo "DUOTONE_KUBE_SCORE=$DUOTONE_KUBE_SCORE is not executable" >&2
+    exit 1
+  }
+  echo "==> building kube-score v${KUBE_SCORE_VERSION} from github.com/zegl/kube-score (about 1 minute the first time)"
+  local out
+  out=$(dirname "$KUBE_SCORE_BIN")
+  mkdir -p "$out"
+  GOBIN="$out" CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath -ldflags "-s -w" \
+    "github.com/zegl/kube-score/cmd/kube-score@v${KUBE_SCORE_VERSION}"
+  echo "kube-score installed: $KUBE_SCORE_BIN"
+}
+
 # The folder of prometheus-operator's CRD files in the Go module cache (downloaded if missing).
 monitoring_crds_dir() {
   local dir
@@ -99,7 +123,13 @@ if [[ "${1:-}" == "--print-monitoring-crds" ]]; then
   monitoring_crds_dir
   exit 0
 fi
+if [[ "${1:-}" == "--audit" ]]; then
+  install_helm
+  install_kube_score
+  exit 0
+fi
 install_prometheus
 install_helm
+install_kube_score
 install_node_packages
 echo "prometheus-operator CRDs present: $(monitoring_crds_dir)"
