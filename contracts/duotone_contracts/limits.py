@@ -35,6 +35,10 @@ IMAGE_TO_IMAGE_STRENGTH = 0.8
 composition. An inpainting edit (with a mask) redoes every step inside the mask (1.0)."""
 INPAINT_STRENGTH = 1.0
 RGB_CHANNELS = 3
+MAX_DEADLINE_MS = 3_600_000
+"""The longest deadline a request may carry (the tier's requestTimeoutMs bound)."""
+PRIORITY_RANGE = (-100, 100)
+"""A request's admission priority: higher goes first in a step-batched tier; 0 is the default."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class RawRequest:
     strength: float | None = None
     image: bytes | None = field(default=None, repr=False)
     mask: bytes | None = field(default=None, repr=False)
+    deadline_ms: int | None = None
+    priority: int | None = None
 
     def values(self) -> dict[triton.InputSpec, Any]:
         """Input -> value for every input this request sets (what a client sends)."""
@@ -79,6 +85,10 @@ class GenerationRequest:
     """An edit's input image as raw RGB (height x width x 3); empty for a generation."""
     mask: bytes = field(default=b"", repr=False)
     """An edit's mask, one byte per pixel (nonzero: change it); empty: no mask."""
+    deadline_ms: int = 0
+    """Time left to answer it, in ms from its arrival at the pod; 0: the tier's timeout."""
+    priority: int = 0
+    """Admission priority in a step-batched tier: higher goes first."""
 
     def values(self) -> dict[triton.InputSpec, Any]:
         """Input -> value for every input, always: Triton batches only requests that send the
@@ -183,6 +193,21 @@ def _check_guidance(value: float, limit: float) -> list[FieldError]:
     return []
 
 
+def _check_deadline(value: int) -> list[FieldError]:
+    if not 0 <= value <= MAX_DEADLINE_MS:
+        return [
+            FieldError(triton.DEADLINE_MS.field, f"{value} must be between 0 and {MAX_DEADLINE_MS}")
+        ]
+    return []
+
+
+def _check_priority(value: int) -> list[FieldError]:
+    low, high = PRIORITY_RANGE
+    if not low <= value <= high:
+        return [FieldError(triton.PRIORITY.field, f"{value} must be between {low} and {high}")]
+    return []
+
+
 def _check_output(output_format: str, compression: int) -> list[FieldError]:
     problems = []
     if output_format not in triton.OUTPUT_FORMATS:
@@ -265,6 +290,8 @@ def validate_request(
     image, mask = raw.image or b"", raw.mask or b""
     default_strength = IMAGE_TO_IMAGE_STRENGTH if image and not mask else INPAINT_STRENGTH
     strength = default_strength if raw.strength is None else raw.strength
+    deadline_ms = raw.deadline_ms or 0
+    priority = raw.priority or 0
 
     problems = [
         *_check_text(triton.PROMPT.field, raw.prompt, limits.max_prompt_length, required=True),
@@ -285,6 +312,8 @@ def validate_request(
         ),
         *_check_output(output_format, compression),
         *_check_edit(raw, limits, (width, height), strength, steps),
+        *_check_deadline(deadline_ms),
+        *_check_priority(priority),
     ]
     if problems:
         raise RequestError(tuple(problems))
@@ -302,4 +331,6 @@ def validate_request(
         strength=float(strength),
         image=image,
         mask=mask,
+        deadline_ms=deadline_ms,
+        priority=priority,
     )

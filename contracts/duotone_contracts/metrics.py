@@ -104,7 +104,8 @@ EXECUTE_BATCH_REQUESTS: Final = Metric(
 )
 EXECUTING_REQUESTS: Final = Metric(
     "duotone_executing_requests",
-    "Requests in execute now (queued ones are nv_inference_pending_request_count).",
+    "Requests in execute now (queued ones are nv_inference_pending_request_count); in a "
+    "step-batched tier, every request the step loop holds, queued or running.",
 )
 ALLOCATED_GPUS: Final = Metric(
     "duotone_allocated_gpus",
@@ -112,8 +113,36 @@ ALLOCATED_GPUS: Final = Metric(
 )
 REQUESTS_REJECTED: Final = Metric(
     "duotone_requests_rejected_total",
-    "Requests answered with an error, by reason (invalid, failed, cancelled).",
+    "Requests answered with an error, by reason (invalid, failed, cancelled; step-batched "
+    "tiers also deadline, infeasible, queue_full).",
     (REASON,),
+)
+REJECTION_REASONS: Final = (
+    "invalid",
+    "failed",
+    "cancelled",
+    "deadline",
+    "infeasible",
+    "queue_full",
+)
+"""REQUESTS_REJECTED's reasons: deadline is a deadline missed while queued or running (dropped
+at the next step), infeasible a request refused before any step because it could not finish in
+time."""
+STEP_BATCH_IMAGES: Final = Metric(
+    "duotone_step_batch_images", "Step-batched tiers: images in the running batch, per step."
+)
+STEP_DURATION: Final = Metric(
+    "duotone_step_duration_seconds",
+    "Step-batched tiers: time of one denoising step of the running batch.",
+)
+STEP_QUEUE_WAIT: Final = Metric(
+    "duotone_step_queue_wait_seconds",
+    "Step-batched tiers: time from a request's arrival until it joined the running batch.",
+)
+STEP_REQUEST_STEPS: Final = Metric(
+    "duotone_step_request_steps",
+    "Step-batched tiers: steps computed per request when it left the loop (answered, "
+    "cancelled or past its deadline).",
 )
 RUNTIME_LABELS: Final = (MODEL, TIER)
 """Labels of every runtime family above (besides its own)."""

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_serializer
 
 from duotone_contracts.api.rules import LenientModel
 from duotone_contracts.api.v1alpha1 import (
+    BatchingMode,
     EfficientOverflowPolicy,
     ModerationSpec,
     OverflowPolicy,
@@ -45,6 +46,8 @@ class TierRoute(LenientModel):
     request_timeout_ms: int
     """The router's deadline for one request to the tier (Triton's queue timeout too)."""
     max_queue_size: int
+    batching_mode: BatchingMode = "request"
+    """step: the tier's model is decoupled (it answers over a gRPC stream, not unary calls)."""
 
 
 class Traffic(LenientModel):
@@ -69,6 +72,8 @@ class RoutingTable(LenientModel):
     """Where the API keys Secret is mounted; None: the endpoint is open."""
     key_tiers: dict[str, tuple[TierName, ...]] = Field(default_factory=dict)
     """API key name -> the tiers it may use; keys not listed may use every tier."""
+    key_priorities: dict[str, int] = Field(default_factory=dict)
+    """API key name -> its requests' highest admission priority; keys not listed have 0."""
     max_pending_per_tier: int = 256
     """Requests one router holds for a tier with no pod to take them; more get 503."""
     moderation: ModerationSpec = Field(default_factory=ModerationSpec)

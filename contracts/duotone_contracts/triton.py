@@ -75,6 +75,21 @@ MASK: Final = InputSpec(
     binary=True,
 )
 
+DEADLINE_MS: Final = InputSpec(
+    "DEADLINE_MS",
+    "deadlineMs",
+    "TYPE_INT64",
+    True,
+    "time left to answer, in ms from the request's arrival at the pod; 0: the tier's timeout",
+)
+PRIORITY: Final = InputSpec(
+    "PRIORITY",
+    "priority",
+    "TYPE_INT32",
+    True,
+    "admission priority in a step-batched tier, -100 to 100: higher goes first",
+)
+
 INPUTS: Final[tuple[InputSpec, ...]] = (
     PROMPT,
     NEGATIVE_PROMPT,
@@ -89,6 +104,8 @@ INPUTS: Final[tuple[InputSpec, ...]] = (
     STRENGTH,
     IMAGE,
     MASK,
+    DEADLINE_MS,
+    PRIORITY,
 )
 
 IMAGES: Final = "IMAGES"
@@ -134,6 +151,11 @@ REQUEST_SHAPE: Final = (1, 1)
 DRAINING_REFUSAL: Final = "duotone-runtime is shutting down: new requests are refused"
 """How a tier pod's drain gate refuses new inference after SIGTERM (HTTP 503, gRPC
 UNAVAILABLE): the request never ran, so the router retries it on another pod."""
+
+DEADLINE_REFUSAL: Final = "duotone-runtime cannot meet the request's deadline"
+"""How a step-batched tier pod refuses a request that could not finish by its deadline given the
+work queued ahead of it, before computing any step: the router treats it like a full queue
+(the tier is saturated for this request) and overflows it per its policy."""
 
 MODEL_FAILED_REFUSAL: Final = (
     "duotone-runtime cannot serve: the model failed; new requests are refused"

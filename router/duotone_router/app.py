@@ -257,6 +257,9 @@ class Router:
                 if limited:
                     self.limiter.admit(key, self.table.rate_limit, self.clock())
 
+            priority = guards.request_priority(
+                request.headers.get(guards.PRIORITY_HEADER), self.table.key_priorities.get(key, 0)
+            )
             parsed, edit = await parse(key, admit)
             served = await self.dispatcher.dispatch(
                 parsed,
@@ -264,6 +267,7 @@ class Router:
                 allowed=self._allowed_tiers(key),
                 admit=self._charge(key) if limited else None,
                 edit=edit,
+                priority=priority,
             )
             tier = served.tier
             self.dispatcher.record_latency(served.tier, self.clock() - started)

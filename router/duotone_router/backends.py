@@ -10,11 +10,12 @@ found unresponsive, gives up on the calls it holds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
@@ -87,10 +88,15 @@ def classify(status: str, detail: str) -> Failure:
     that cannot be reached as UNAVAILABLE "failed to connect to all addresses", and a pod
     draining after SIGTERM refuses new work with UNAVAILABLE "... shutting down ...". A connection
     that drops after the request was sent ("Socket closed") is OTHER: the pod may have started
-    the work; it is OTHER, retried once like an internal error.
+    the work; it is OTHER, retried once like an internal error. A step-batched pod answers over
+    a stream, whose error responses carry no status ("None"): a refusal naming a connect marker
+    is CONNECT there, and one saying it cannot meet the request's deadline (refused before any
+    step, `triton.DEADLINE_REFUSAL`) is QUEUE_FULL: the tier is saturated for this request.
     """
     text = detail.lower()
-    if "queue size" in text:
+    if status == "None" and any(m in text for m in _CONNECT_MARKERS):
+        return Failure.CONNECT  # an error response on a stream carries no status
+    if "queue size" in text or triton.DEADLINE_REFUSAL.lower() in text:
         return Failure.QUEUE_FULL
     if "timeout" in text or status.endswith("DEADLINE_EXCEEDED"):
         return Failure.TIMEOUT
@@ -162,14 +168,22 @@ class Backend:
         return BackendLoad(self.address, self.outstanding, available=not self.health.ejected(now))
 
     async def generate(
-        self, request: GenerationRequest, *, timeout_s: float, request_id: str
+        self,
+        request: GenerationRequest,
+        *,
+        timeout_s: float,
+        request_id: str,
+        stream: bool = False,
     ) -> Generated:
         """One inference; its files and usage, or BackendError. Cancelling the task cancels
-        the RPC."""
+        the RPC. `stream`: the tier's model is decoupled (step batching) and is called over a
+        gRPC stream carrying this one request."""
         outputs = [grpcaio.InferRequestedOutput(name) for name, _, _ in triton.OUTPUTS]
         self.outstanding += 1
         call = asyncio.ensure_future(
-            self.client.infer(
+            self._streamed(request, outputs, timeout_s, request_id)
+            if stream
+            else self.client.infer(
                 triton.DEFAULT_MODEL_NAME,
                 infer_inputs(request),
                 outputs=outputs,
@@ -197,6 +211,38 @@ class Backend:
             self._abandoned.discard(call)
             self.outstanding -= 1
         return generated(result)
+
+    async def _streamed(
+        self, request: GenerationRequest, outputs: list[Any], timeout_s: float, request_id: str
+    ) -> Any:
+        """The one response to `request` sent over a gRPC stream (the stream stays open until
+        it arrives; cancelling this coroutine cancels the stream, and so the request)."""
+        answered = asyncio.Event()
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": triton.DEFAULT_MODEL_NAME,
+                "inputs": infer_inputs(request),
+                "outputs": outputs,
+                "request_id": request_id,
+            }
+            await answered.wait()
+
+        responses = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise error
+                return result
+        except grpc.RpcError as error:
+            code, details = error.code(), error.details()
+            raise InferenceServerException(msg=str(details), status=str(code)) from error
+        except asyncio.CancelledError:
+            responses.cancel()
+            raise
+        finally:
+            answered.set()
+        raise InferenceServerException(msg="the stream ended without a response")
 
     def abandon(self) -> int:
         """Give up on every call outstanding here (each raises UNRESPONSIVE to its caller, which

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -296,10 +297,12 @@ class Dispatcher:
         allowed: frozenset[TierName] | None = None,
         admit: Admit | None = None,
         edit: EditImages | None = None,
+        priority: int = 0,
     ) -> Served:
         """Route (within the tiers `allowed` to the client's key), check limits, charge the
         request's cost (`admit`, once, for the first tier that serves it), call a pod. `edit`:
-        an edit's decoded files. Raises Refused."""
+        an edit's decoded files; `priority`: its admission priority in a step-batched tier.
+        Raises Refused."""
         route = self._route(parsed, allowed)
         unserved = (Reason.TIER_NOT_SERVED, Reason.TIER_NOT_ALLOWED)
         if route.chosen is not None and route.refusal not in unserved:
@@ -329,7 +332,9 @@ class Dispatcher:
             if route.kind == "overflow":
                 self.metrics.overflows.labels(chosen, tier).inc()
             try:
-                result = await self._call_tier(tier, prepared, request_id)
+                result = await self._call_tier(
+                    tier, dataclasses.replace(prepared, priority=priority), request_id
+                )
             except BackendError as error:
                 if error.failure is not Failure.QUEUE_FULL or attempt == 1:
                     log.warning(
@@ -433,7 +438,14 @@ class Dispatcher:
             calling.append(backend)
             try:
                 remaining = max(0.001, deadline_s - (self.clock() - started))
-                result = await backend.generate(request, timeout_s=remaining, request_id=request_id)
+                # The pod's step loop drops (or refuses) what cannot be answered in time.
+                sent = dataclasses.replace(request, deadline_ms=max(1, int(remaining * 1000)))
+                result = await backend.generate(
+                    sent,
+                    timeout_s=remaining,
+                    request_id=request_id,
+                    stream=self._stepped(tier),
+                )
             except BackendError as error:
                 calling.pop()
                 self.metrics.backend_errors.labels(tier, error.failure.value).inc()
@@ -449,6 +461,11 @@ class Dispatcher:
                 return result
             finally:
                 outstanding.dec()
+
+    def _stepped(self, tier: TierName) -> bool:
+        """Whether the tier batches steps (its model answers over a gRPC stream)."""
+        route = self.table.tiers.get(tier)
+        return route is not None and route.batching_mode == "step"
 
     def _other_pod(self, state: TierState, address: str) -> str | None:
         """An available pod other than `address` for a retry, or None."""

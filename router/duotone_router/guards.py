@@ -7,6 +7,7 @@ a backend until all of them have passed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from duotone_contracts.api.v1alpha1 import RateLimitSpec
+from duotone_contracts.limits import PRIORITY_RANGE
 from duotone_router.keys import ApiKeys, bearer_token
 from duotone_router.policy.ratelimit import TokenBucket, take
 from duotone_router.policy.reasons import Reason, Refused
@@ -172,3 +174,26 @@ class RateLimiter:
         for buckets in (self.buckets, self.cost_buckets):
             for gone in set(buckets) - keys:
                 del buckets[gone]
+
+
+PRIORITY_HEADER = "X-Duotone-Priority"
+"""A request's admission priority in a step-batched tier (an integer; it may only lower the
+priority its API key has, `RoutingTable.key_priorities`)."""
+
+
+def request_priority(header: str | None, key_priority: int) -> int:
+    """The priority a request runs at: its key's, or lower when the header asks for less.
+
+    e.g. a key of priority 10 sending "-5" runs at -5, sending "50" at 10; no header: 10.
+    """
+    if header is None:
+        return key_priority
+    low, high = PRIORITY_RANGE
+    text = header.strip()
+    if not re.fullmatch(r"[-+]?[0-9]{1,4}", text) or not low <= int(text) <= high:
+        raise Refused(
+            Reason.INVALID_VALUE,
+            f"{PRIORITY_HEADER} must be an integer between {low} and {high}",
+            param=PRIORITY_HEADER,
+        )
+    return min(int(text), key_priority)

@@ -67,7 +67,7 @@ class CallResult:
 
 
 @dataclass
-class _StageClock:
+class StageClock:
     """Accumulates time spent inside hooked modules, per stage."""
 
     synchronize: Callable[[], None]
@@ -166,6 +166,11 @@ def encode_image(pixels: Any, output_format: str, compression: int) -> bytes:
     return buffer.getvalue()
 
 
+def to_pixels(images: Any) -> Any:
+    """A pipeline's float images in [0, 1] (N x H x W x 3) as uint8 pixels."""
+    return (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
+
+
 def count_prompt_tokens(tokenizer: Any, text: str) -> int:
     """Tokens of `text` the model reads: special tokens included, truncated to the tokenizer's
     context (CLIP: 77), padding excluded; 0 for a pipeline without a tokenizer."""
@@ -196,15 +201,15 @@ class PipelineRunner:
         synchronize: Callable[[], None] = (
             torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         )
-        self._clock = _StageClock(synchronize)
+        self.clock = StageClock(synchronize)
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
             encoder = getattr(pipeline, name, None)
             if isinstance(encoder, torch.nn.Module):
-                self._clock.attach(encoder, "text_encoding")
+                self.clock.attach(encoder, "text_encoding")
         vae = getattr(pipeline, "vae", None)
         decoder = getattr(vae, "decoder", None)
         if isinstance(decoder, torch.nn.Module):
-            self._clock.attach(decoder, "vae_decode")
+            self.clock.attach(decoder, "vae_decode")
         self.edit_pipelines: dict[str, Any] = {
             "image": _derived(AutoPipelineForImage2Image, pipeline),
             "inpaint": _derived(AutoPipelineForInpainting, pipeline),
@@ -217,6 +222,20 @@ class PipelineRunner:
                 part = getattr(pipeline, name, None)
                 if isinstance(part, torch.nn.Module):
                     self.batch_invariant_layers += make_batch_invariant(part)
+
+    def encode(self, pixels: Any, formats: Sequence[tuple[str, int]]) -> list[bytes]:
+        """Each HxWx3 array of `pixels` as a file in its (format, compression), in parallel."""
+        return list(
+            self._encoder.map(
+                lambda item: encode_image(item[0], *item[1]), zip(pixels, formats, strict=True)
+            )
+        )
+
+    def prompt_tokens(self, request: GenerationRequest, *, guided: bool) -> int:
+        """The tokens a request's prompt (and, guided, its negative prompt) occupies."""
+        tokenizer = getattr(self.pipeline, "tokenizer", None)
+        negative = count_prompt_tokens(tokenizer, request.negative_prompt) if guided else 0
+        return count_prompt_tokens(tokenizer, request.prompt) + negative
 
     def supports(self, mode: str) -> bool:
         """Whether this model can serve requests of `mode` ("generate", "image", "inpaint")."""
@@ -266,11 +285,11 @@ class PipelineRunner:
                     "width": shape.width,
                     "height": shape.height,
                 }
-        self._clock.take()
+        self.clock.take()
         started = time.perf_counter()
         output = pipeline(**arguments)
         total = time.perf_counter() - started
-        hooked = self._clock.take()
+        hooked = self.clock.take()
         stages = StageSeconds(
             text_encoding=hooked.get("text_encoding", 0.0),
             vae_decode=hooked.get("vae_decode", 0.0),
@@ -278,7 +297,7 @@ class PipelineRunner:
         stages.denoising = max(0.0, total - stages.text_encoding - stages.vae_decode)
 
         started = time.perf_counter()
-        pixels = (np.asarray(output.images) * 255).round().clip(0, 255).astype(np.uint8)
+        pixels = to_pixels(output.images)
         if shape.mode == "inpaint":
             # Outside the mask the result is the input, exactly.
             pixels = np.stack(
@@ -287,11 +306,7 @@ class PipelineRunner:
         formats = [
             (r.output_format, r.output_compression) for r in requests for _ in r.image_seeds()
         ]
-        files = list(
-            self._encoder.map(
-                lambda item: encode_image(item[0], *item[1]), zip(pixels, formats, strict=True)
-            )
-        )
+        files = self.encode(pixels, formats)
         stages.png_encode = time.perf_counter() - started
 
         per_request: list[list[bytes]] = []
@@ -299,12 +314,7 @@ class PipelineRunner:
         for request in requests:
             per_request.append(files[offset : offset + request.num_images])
             offset += request.num_images
-        tokenizer = getattr(self.pipeline, "tokenizer", None)
-        tokens = [
-            count_prompt_tokens(tokenizer, r.prompt)
-            + (count_prompt_tokens(tokenizer, r.negative_prompt) if guided else 0)
-            for r in requests
-        ]
+        tokens = [self.prompt_tokens(r, guided=guided) for r in requests]
         return CallResult(
             images=per_request,
             stages=stages,

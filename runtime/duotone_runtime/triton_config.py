@@ -5,6 +5,10 @@ maxBatchSize -> max_batch_size, maxQueueDelayMs -> max_queue_delay_microseconds,
 maxQueueSize -> default_queue_policy.max_queue_size (a full queue rejects at once), and
 requestTimeoutMs -> default_timeout_microseconds with timeout_action REJECT (a request still
 queued after that long is rejected without running).
+
+In `mode: step` the model is decoupled (`execute` hands requests to the step loop and returns;
+responses are sent when they are ready) and the dynamic batcher waits for nothing
+(max_queue_delay 0): batches form between denoising steps, in the runtime.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def render_config_pbtxt(
     """The config.pbtxt of the Python-backend model serving one tier."""
     if instance_count < 1:
         raise ValueError(f"instance_count must be at least 1, got {instance_count}")
+    stepped = batching.mode == "step"
+    delay_us = 0 if stepped else batching.max_queue_delay_ms * 1000
+    policy = "model_transaction_policy {\n  decoupled: true\n}\n" if stepped else ""
     inputs = ",\n".join(_input_block(spec) for spec in triton.INPUTS)
     outputs = ",\n".join(
         f"  {{\n    name: {pbtxt_string(name)}\n    data_type: {data_type}\n"
@@ -71,8 +78,9 @@ def render_config_pbtxt(
         f"max_batch_size: {batching.max_batch_size}\n"
         f"input [\n{inputs}\n]\n"
         f"output [\n{outputs}\n]\n"
+        f"{policy}"
         "dynamic_batching {\n"
-        f"  max_queue_delay_microseconds: {batching.max_queue_delay_ms * 1000}\n"
+        f"  max_queue_delay_microseconds: {delay_us}\n"
         "  default_queue_policy {\n"
         "    timeout_action: REJECT\n"
         f"    default_timeout_microseconds: {batching.request_timeout_ms * 1000}\n"

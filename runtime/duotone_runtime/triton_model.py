@@ -1,5 +1,10 @@
 """The Triton Python-backend model: one diffusers pipeline behind Triton's dynamic batcher.
 
+In a tier with `batching.mode: step` the model is decoupled: `execute` checks each request,
+hands it to the step loop (`step_loop.py`, running on its own thread) and returns; the loop
+answers each request through its response sender when it finishes, is cancelled or misses its
+deadline.
+
 The launcher copies this file into the model repository as `<model>/1/model.py`. `initialize`
 loads the pipeline once (readiness means it is loaded and warmed up); `execute` validates each
 request against the tier's limits, groups the valid ones by shape into pipeline calls, and
@@ -15,7 +20,10 @@ import json
 import os
 import secrets
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +45,20 @@ from duotone_runtime.batching import ShapeKey, plan_pipeline_calls
 from duotone_runtime.execution import STAGES, PipelineRunner, apply_torch_threads
 from duotone_runtime.loading import compute_dtype, load_pipeline, resolve_source
 from duotone_runtime.model_health import FAULT_ENV, ModelHealth, record_call, write_failure
+from duotone_runtime.step_loop import Entry, Finished, Refusal, StepLoop
+from duotone_runtime.stepping import PipelineStepper
+
+REFUSAL_CODES = {
+    Refusal.CANCELLED: "CANCELLED",
+    Refusal.DEADLINE: "UNAVAILABLE",
+    Refusal.INFEASIBLE: "UNAVAILABLE",
+    Refusal.QUEUE_FULL: "UNAVAILABLE",
+    Refusal.FAILED: "INTERNAL",
+}
+"""The TritonError code of each step-loop refusal."""
 
 BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+STEP_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
 
@@ -68,6 +88,10 @@ class _Metrics:
         executing = family(m.EXECUTING_REQUESTS, gauge)
         gpus = family(m.ALLOCATED_GPUS, gauge)
         rejected = family(m.REQUESTS_REJECTED, counter)
+        step_batch = family(m.STEP_BATCH_IMAGES, histogram)
+        step_duration = family(m.STEP_DURATION, histogram)
+        queue_wait = family(m.STEP_QUEUE_WAIT, histogram)
+        request_steps = family(m.STEP_REQUEST_STEPS, histogram)
         self.images = images.Metric(labels=labels)
         self.steps = steps.Metric(labels=labels)
         self.steps_per_second = rate.Metric(labels=labels)
@@ -82,8 +106,12 @@ class _Metrics:
         self.allocated_gpus = gpus.Metric(labels=labels)
         self.rejected = {
             reason: rejected.Metric(labels={**labels, m.REASON: reason})
-            for reason in ("invalid", "failed", "cancelled")
+            for reason in m.REJECTION_REASONS
         }
+        self.step_batch_images = step_batch.Metric(labels=labels, buckets=BATCH_BUCKETS)
+        self.step_duration = step_duration.Metric(labels=labels, buckets=SECONDS_BUCKETS)
+        self.queue_wait = queue_wait.Metric(labels=labels, buckets=SECONDS_BUCKETS)
+        self.request_steps = request_steps.Metric(labels=labels, buckets=STEP_BUCKETS)
 
 
 def _single(request: Any, spec: triton.InputSpec) -> Any:
@@ -163,12 +191,50 @@ class TritonPythonModel:
         self.injected_error = os.environ.get(FAULT_ENV) or None
         if self.injected_error is not None:
             self.logger.log_warn(f"duotone: {FAULT_ENV} is set: every pipeline call will fail")
+        self.loop: StepLoop[Any] | None = None
+        if self.tier.spec.batching.mode == "step":
+            self._start_loop()
         self.logger.log_info(
             f"duotone: tier {self.tier.name} serving {model.source} ({dtype}) on {device}; "
-            f"batch-invariant layers: {self.runner.batch_invariant_layers}"
+            f"batch-invariant layers: {self.runner.batch_invariant_layers}; "
+            f"batching: {self.tier.spec.batching.mode}"
         )
 
-    def execute(self, requests: Sequence[Any]) -> list[Any]:
+    def _start_loop(self) -> None:
+        stepper = PipelineStepper(self.runner)
+        if not stepper.stepwise:
+            self.logger.log_warn(
+                f"duotone: {type(self.runner.pipeline).__name__} cannot be stepped: step "
+                "batching runs each request as one call between steps"
+            )
+        batching = self.tier.spec.batching
+        self.loop = StepLoop(
+            stepper,
+            _LoopEvents(self),
+            capacity=batching.max_batch_size,
+            max_queued=batching.max_queue_size,
+            clock=time.monotonic,
+            # One worker: decodes and answers in the order requests finished, beside the steps.
+            finisher=ThreadPoolExecutor(1, thread_name_prefix="step-finish"),
+        )
+        self._stopping = threading.Event()
+        self._loop_thread = threading.Thread(target=self._run_loop, name="step-loop", daemon=True)
+        self._loop_thread.start()
+
+    def _run_loop(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        while not self._stopping.is_set():
+            try:
+                if not loop.run_once():
+                    loop.wait_for_work(0.5)
+            except Exception as error:  # the loop must outlive any one round
+                self.logger.log_error(f"duotone: step loop round failed: {error!r}")
+
+    def execute(self, requests: Sequence[Any]) -> list[Any] | None:
+        if self.loop is not None:
+            self._submit(self.loop, requests)
+            return None
         # Queued plus executing is the load the autoscaler sees; Triton counts only the queue.
         # Instances share the gauge, so each adds and removes its own batch.
         self.metrics.executing.increment(float(len(requests)))
@@ -242,6 +308,41 @@ class TritonPythonModel:
                 )
         return responses
 
+    def _submit(self, loop: StepLoop[Any], requests: Sequence[Any]) -> None:
+        """Step mode: check each request and hand it to the loop (answered from there)."""
+        now = time.monotonic()
+        spec = self.tier.spec
+        self.metrics.batch_requests.observe(float(len(requests)))
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                checked = validate_request(
+                    read_request(request),
+                    spec.defaults,
+                    spec.limits,
+                    seed_if_missing=secrets.randbelow(MAX_SEED + 1),
+                )
+            except RequestError as error:
+                self.metrics.rejected["invalid"].increment(1)
+                _send_final(sender, _error(str(error), pb_utils.TritonError.INVALID_ARG))
+                continue
+            if not self.runner.supports(checked.mode):
+                self.metrics.rejected["invalid"].increment(1)
+                message = (
+                    f"{triton.IMAGE.field}: this tier's model cannot serve {checked.mode} edits"
+                )
+                _send_final(sender, _error(message, pb_utils.TritonError.INVALID_ARG))
+                continue
+            if self.injected_error is not None:
+                self._record_health((RuntimeError.__name__, self.injected_error))
+                self.metrics.rejected["failed"].increment(1)
+                message = f"generation failed: RuntimeError: {self.injected_error}"
+                _send_final(sender, _error(message, pb_utils.TritonError.INTERNAL))
+                continue
+            budget_ms = checked.deadline_ms or spec.batching.request_timeout_ms
+            self.metrics.executing.increment(1.0)
+            loop.submit(checked, sender, arrival=now, deadline=now + budget_ms / 1000)
+
     def _record_health(self, error: tuple[str, str] | None) -> None:
         failed_before = self.health.failed
         self.health = record_call(self.health, error)
@@ -262,4 +363,74 @@ class TritonPythonModel:
             self.metrics.stage_duration[stage].observe(seconds)
 
     def finalize(self) -> None:
+        if self.loop is not None:
+            self._stopping.set()
+            self.loop.wake()
+            self._loop_thread.join(timeout=10)
         self.logger.log_info("duotone: model unloaded")
+
+
+def _send_final(sender: Any, response: Any) -> None:
+    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+def _outputs(files: list[bytes], prompt_tokens: int, image_steps: int) -> Any:
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor(triton.IMAGES, np.array([files], dtype=np.object_)),
+            pb_utils.Tensor(triton.PROMPT_TOKENS, np.array([[prompt_tokens]], np.int32)),
+            pb_utils.Tensor(triton.STEPS_COMPUTED, np.array([[image_steps]], np.int32)),
+        ]
+    )
+
+
+class _LoopEvents:
+    """The step loop's answers as Triton responses, and its metrics."""
+
+    def __init__(self, model: TritonPythonModel) -> None:
+        self.model = model
+        self.metrics = model.metrics
+
+    def is_cancelled(self, handle: Any) -> bool:
+        return bool(handle.is_cancelled())
+
+    def answered(self, entry: Entry[Any], finished: Finished) -> None:
+        self.metrics.executing.increment(-1.0)
+        self.metrics.request_steps.observe(float(entry.steps_done or entry.request.steps_run()))
+        self.model._record_health(None)
+        metrics = self.metrics
+        if "denoising" in finished.stages:  # a whole call: its steps were not stepped here
+            self.model._record(len(finished.files), finished.image_steps, finished.stages)
+        else:
+            metrics.images.increment(float(len(finished.files)))
+            for stage, seconds in finished.stages.items():
+                if stage in metrics.stage_total:
+                    metrics.stage_total[stage].increment(seconds)
+                    metrics.stage_duration[stage].observe(seconds)
+        _send_final(
+            entry.handle, _outputs(finished.files, finished.prompt_tokens, finished.image_steps)
+        )
+
+    def refused(self, entry: Entry[Any], refusal: Refusal, message: str) -> None:
+        self.metrics.executing.increment(-1.0)
+        self.metrics.rejected[refusal.value].increment(1)
+        if refusal in (Refusal.CANCELLED, Refusal.DEADLINE):
+            self.metrics.request_steps.observe(float(entry.steps_done))
+        if refusal is Refusal.FAILED:
+            self.model.logger.log_error(f"duotone: step loop: {message}")
+            self.model._record_health(("StepFailure", message))
+        code = getattr(pb_utils.TritonError, REFUSAL_CODES[refusal])
+        _send_final(entry.handle, _error(message, code))
+
+    def admitted(self, entry: Entry[Any], now: float) -> None:
+        self.metrics.queue_wait.observe(max(0.0, now - entry.job.arrival))
+
+    def stepped(self, images: int, seconds: float) -> None:
+        metrics = self.metrics
+        metrics.step_batch_images.observe(float(images))
+        metrics.step_duration.observe(seconds)
+        metrics.steps.increment(float(images))
+        metrics.stage_total["denoising"].increment(seconds)
+        metrics.stage_duration["denoising"].observe(seconds)
+        if seconds > 0:
+            metrics.steps_per_second.set(images / seconds)

@@ -44,6 +44,7 @@ MetricsSourceKind = Literal["direct", "prometheus"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 WhenUnsatisfiable = Literal["ScheduleAnyway", "DoNotSchedule"]
 TolerationOperator = Literal["Exists", "Equal"]
+BatchingMode = Literal["request", "step"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -216,7 +217,18 @@ class FlagshipRequestLimits(RequestLimits):
 class BatchingSpec(SpecModel):
     """Triton dynamic batching and queue policy for the tier."""
 
-    max_batch_size: int = Field(16, ge=1, le=256, description="Largest batch Triton forms.")
+    mode: BatchingMode = Field(
+        "request",
+        description="request: Triton's dynamic batcher groups whole requests, each group runs "
+        "every step together. step: the runtime batches denoising steps; requests join and "
+        "leave the running batch between steps, admitted by priority then earliest deadline.",
+    )
+    max_batch_size: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Largest batch Triton forms (step mode: most images in the running batch).",
+    )
     max_queue_delay_ms: int = Field(
         10, ge=0, le=10000, description="How long Triton waits to fill a batch."
     )
@@ -591,7 +603,7 @@ API_KEY_NAME_PATTERN = "^[-._a-zA-Z0-9]+$"
 
 
 class ApiKeyTiers(SpecModel):
-    """The tiers one API key may use (keys not listed may use every tier)."""
+    """The tiers one API key may use (keys not listed may use every tier) and its priority."""
 
     key: str = Field(
         max_length=253,
@@ -600,6 +612,13 @@ class ApiKeyTiers(SpecModel):
     )
     tiers: list[TierName] = Field(
         min_length=1, max_length=2, description="Tiers the key may be served by."
+    )
+    priority: int = Field(
+        0,
+        ge=-100,
+        le=100,
+        description="The highest admission priority of the key's requests in a step-batched "
+        "tier (higher goes first); a request's X-Duotone-Priority header may only lower it.",
     )
 
     rules = (

@@ -43,6 +43,7 @@ def routing_table(imd: ImageModelDeployment) -> RoutingTable:
             limits=tier_spec.limits,
             slo=tier_spec.slo,
             request_timeout_ms=tier_spec.batching.request_timeout_ms,
+            batching_mode=tier_spec.batching.mode,
             max_queue_size=tier_spec.batching.max_queue_size,
         )
     router = spec.router
@@ -61,6 +62,9 @@ def routing_table(imd: ImageModelDeployment) -> RoutingTable:
         moderation=router.moderation,
         api_keys_path=API_KEYS_MOUNT if router.api_keys_secret_ref is not None else None,
         key_tiers={entry.key: tuple(entry.tiers) for entry in router.api_key_tiers},
+        key_priorities={
+            entry.key: entry.priority for entry in router.api_key_tiers if entry.priority
+        },
         max_pending_per_tier=router.max_pending_per_tier,
     )
 

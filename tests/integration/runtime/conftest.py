@@ -33,6 +33,7 @@ def tiny_tier(
     max_queue_delay_ms: int = 20,
     max_queue_size: int = 64,
     request_timeout_ms: int = 20000,
+    mode: str = "request",
 ) -> dict[str, Any]:
     """The operator's tier.json for a CPU tier serving builtin://tiny."""
     return {
@@ -49,6 +50,7 @@ def tiny_tier(
                 "maxPromptLength": 200,
             },
             "batching": {
+                "mode": mode,
                 "maxBatchSize": max_batch_size,
                 "maxQueueDelayMs": max_queue_delay_ms,
                 "maxQueueSize": max_queue_size,

@@ -17,7 +17,14 @@ from duotone_contracts.services import addresses_from_slices
 from duotone_contracts.triton import DRAINING_REFUSAL, MODEL_FAILED_REFUSAL
 from duotone_router.backends import Failure, classify
 from duotone_router.config import ConfigError, parse_static_backends
-from duotone_router.guards import ANONYMOUS, RateLimiter, authenticate, read_body
+from duotone_router.guards import (
+    ANONYMOUS,
+    PRIORITY_HEADER,
+    RateLimiter,
+    authenticate,
+    read_body,
+    request_priority,
+)
 from duotone_router.images import (
     generation_request,
     openapi_document,
@@ -28,6 +35,8 @@ from duotone_router.keys import bearer_token, load_api_keys
 from duotone_router.policy.ratelimit import TokenBucket, take
 from duotone_router.policy.reasons import Reason, Refused
 from duotone_router.responses import error_answer
+from duotone_runtime.step_loop import REFUSAL_MESSAGES as STEP_REFUSALS
+from duotone_runtime.step_loop import Refusal
 from tests.support.builders import small_tier_route
 
 TIER = small_tier_route()
@@ -261,6 +270,30 @@ def test_unknown_model_is_404_model_not_found() -> None:
             Failure.INVALID,
             id="model refused inputs",
         ),
+        pytest.param(
+            "None",
+            STEP_REFUSALS[Refusal.INFEASIBLE],
+            Failure.QUEUE_FULL,
+            id="step pod cannot meet the deadline: saturated, overflow",
+        ),
+        pytest.param(
+            "None",
+            STEP_REFUSALS[Refusal.DEADLINE].format(steps=3),
+            Failure.TIMEOUT,
+            id="step pod dropped it at its deadline",
+        ),
+        pytest.param(
+            "None",
+            STEP_REFUSALS[Refusal.QUEUE_FULL],
+            Failure.QUEUE_FULL,
+            id="step pod full",
+        ),
+        pytest.param(
+            "None",
+            DRAINING_REFUSAL,
+            Failure.CONNECT,
+            id="draining pod refused a stream message",
+        ),
     ],
 )
 def test_classify_backend_errors(status: str, detail: str, failure: Failure) -> None:
@@ -388,3 +421,21 @@ def test_rate_limiter_keeps_one_bucket_per_key_and_says_when_to_retry() -> None:
         limiter.admit("a", limit, now=0.0)
     assert (refused.value.reason, refused.value.retry_after_s) == (Reason.RATE_LIMITED, 1)
     limiter.admit("a", limit, now=1.0)
+
+
+@pytest.mark.parametrize(
+    ("header", "key_priority", "expected"),
+    [(None, 0, 0), (None, 10, 10), ("-5", 10, -5), ("50", 10, 10), (" 3 ", 5, 3), ("+2", 0, 0)],
+)
+def test_request_priority_may_only_lower_the_keys(
+    header: str | None, key_priority: int, expected: int
+) -> None:
+    assert request_priority(header, key_priority) == expected
+
+
+@pytest.mark.parametrize("header", ["high", "1.5", "", "101", "-101", "99999999", "1e2"])
+def test_a_bad_priority_header_is_refused_naming_it(header: str) -> None:
+    with pytest.raises(Refused) as refused:
+        request_priority(header, 0)
+    assert refused.value.reason is Reason.INVALID_VALUE
+    assert refused.value.param == PRIORITY_HEADER

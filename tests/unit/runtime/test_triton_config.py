@@ -79,3 +79,16 @@ def test_pbtxt_string(raw: str, literal: str) -> None:
 def test_instance_count_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         render(instance_count=0)
+
+
+def test_request_mode_is_not_decoupled() -> None:
+    assert "decoupled" not in render()
+
+
+def test_step_mode_is_decoupled_and_batches_nothing_in_triton() -> None:
+    stepped = BATCHING.model_copy(update={"mode": "step"})
+    config = render(batching=stepped)
+    assert "model_transaction_policy {\n  decoupled: true\n}" in config
+    assert "max_queue_delay_microseconds: 0\n" in config
+    assert "max_queue_size: 256" in config
+    assert "max_batch_size: 16" in config
