@@ -139,6 +139,12 @@ STEP_QUEUE_WAIT: Final = Metric(
     "duotone_step_queue_wait_seconds",
     "Step-batched tiers: time from a request's arrival until it joined the running batch.",
 )
+STEP_REQUEST_P50_US: Final = Metric(
+    "duotone_step_request_p50_microseconds",
+    "Step-batched tiers: median latency (arrival at the pod to answer) of the requests answered "
+    "in the last minute, NaN when none. It stands for nv_inference_request_summary_us's median, "
+    "which for a decoupled model covers only execute.",
+)
 STEP_REQUEST_STEPS: Final = Metric(
     "duotone_step_request_steps",
     "Step-batched tiers: steps computed per request when it left the loop (answered, "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from duotone_contracts.api.v1alpha1 import TierName
+from duotone_contracts.latency import LatencyWindow
 from duotone_contracts.limits import GenerationRequest
 from duotone_contracts.routing_table import RoutingTable
 from duotone_router import images
@@ -46,7 +47,6 @@ from duotone_router.policy.outliers import (
 )
 from duotone_router.policy.reasons import Reason, Refused
 from duotone_router.policy.routing import (
-    LatencyWindow,
     Route,
     TierLoad,
     TrafficPolicy,

@@ -17,6 +17,7 @@ health file the gate reads, and the pod is replaced.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import tempfile
@@ -33,6 +34,7 @@ import triton_python_backend_utils as pb_utils
 from duotone_contracts import metrics as m
 from duotone_contracts import triton
 from duotone_contracts.api.validation import FieldError
+from duotone_contracts.latency import LatencyWindow
 from duotone_contracts.limits import (
     MAX_SEED,
     GenerationRequest,
@@ -47,6 +49,9 @@ from duotone_runtime.loading import compute_dtype, load_pipeline, resolve_source
 from duotone_runtime.model_health import FAULT_ENV, ModelHealth, record_call, write_failure
 from duotone_runtime.step_loop import Entry, Finished, Refusal, StepLoop
 from duotone_runtime.stepping import PipelineStepper
+
+LATENCY_WINDOW_S = 60.0
+"""The step loop's exported median covers the requests answered in the last minute."""
 
 REFUSAL_CODES = {
     Refusal.CANCELLED: "CANCELLED",
@@ -92,6 +97,7 @@ class _Metrics:
         step_duration = family(m.STEP_DURATION, histogram)
         queue_wait = family(m.STEP_QUEUE_WAIT, histogram)
         request_steps = family(m.STEP_REQUEST_STEPS, histogram)
+        step_p50 = family(m.STEP_REQUEST_P50_US, gauge)
         self.images = images.Metric(labels=labels)
         self.steps = steps.Metric(labels=labels)
         self.steps_per_second = rate.Metric(labels=labels)
@@ -112,6 +118,7 @@ class _Metrics:
         self.step_duration = step_duration.Metric(labels=labels, buckets=SECONDS_BUCKETS)
         self.queue_wait = queue_wait.Metric(labels=labels, buckets=SECONDS_BUCKETS)
         self.request_steps = request_steps.Metric(labels=labels, buckets=STEP_BUCKETS)
+        self.step_p50_us = step_p50.Metric(labels=labels)
 
 
 def _single(request: Any, spec: triton.InputSpec) -> Any:
@@ -224,10 +231,15 @@ class TritonPythonModel:
     def _run_loop(self) -> None:
         loop = self.loop
         assert loop is not None
+        events = loop.events
+        published = time.monotonic()
         while not self._stopping.is_set():
             try:
                 if not loop.run_once():
                     loop.wait_for_work(0.5)
+                if isinstance(events, _LoopEvents) and time.monotonic() - published > 1:
+                    events.publish_p50()  # ages the median out when nothing is answered
+                    published = time.monotonic()
             except Exception as error:  # the loop must outlive any one round
                 self.logger.log_error(f"duotone: step loop round failed: {error!r}")
 
@@ -390,11 +402,25 @@ class _LoopEvents:
     def __init__(self, model: TritonPythonModel) -> None:
         self.model = model
         self.metrics = model.metrics
+        self._latencies = LatencyWindow(window_s=LATENCY_WINDOW_S)
+        self._latency_lock = threading.Lock()
+        self.metrics.step_p50_us.set(math.nan)
+
+    def publish_p50(self, latency_s: float | None = None) -> None:
+        """Add an answered request's latency (if any) and export the window's median (NaN when
+        the last minute answered nothing)."""
+        now = time.monotonic()
+        with self._latency_lock:
+            if latency_s is not None:
+                self._latencies = self._latencies.add(now, latency_s * 1000)
+            p50_ms = self._latencies.p50(now, min_samples=1)
+        self.metrics.step_p50_us.set(math.nan if p50_ms is None else p50_ms * 1000)
 
     def is_cancelled(self, handle: Any) -> bool:
         return bool(handle.is_cancelled())
 
     def answered(self, entry: Entry[Any], finished: Finished) -> None:
+        self.publish_p50(time.monotonic() - entry.job.arrival)
         self.metrics.executing.increment(-1.0)
         self.metrics.request_steps.observe(float(entry.steps_done or entry.request.steps_run()))
         self.model._record_health(None)

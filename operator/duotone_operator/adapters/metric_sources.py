@@ -40,13 +40,30 @@ class TierTarget:
     tier: TierName
     tier_service: str
     router_service: str
+    step_batched: bool = False
+    """The tier batches steps (`batching.mode: step`): its pods' median latency is the
+    runtime's STEP_REQUEST_P50_US, not Triton's summary (which a decoupled model ends at
+    execute)."""
+
+    @property
+    def p50_metric(self) -> str:
+        """The per-pod median latency family, in microseconds, with its quantile selector."""
+        if self.step_batched:
+            return m.STEP_REQUEST_P50_US.name
+        return f'{m.TRITON_REQUEST_SUMMARY_US.name}{{{m.QUANTILE}="0.5"}}'
 
 
 def tier_targets(imd: ImageModelDeployment) -> dict[TierName, TierTarget]:
     name, namespace = imd.metadata.name, imd.metadata.namespace or "default"
     return {
-        tier: TierTarget(namespace, tier, names.tier_name(name, tier), names.router_name(name))
-        for tier in imd.spec.tiers.present()
+        tier: TierTarget(
+            namespace,
+            tier,
+            names.tier_name(name, tier),
+            names.router_name(name),
+            step_batched=spec.batching.mode == "step",
+        )
+        for tier, spec in imd.spec.tiers.present().items()
     }
 
 
@@ -68,13 +85,18 @@ def prometheus_queries(target: TierTarget) -> dict[str, str]:
         "queued": f"sum({pending}{{{pods}}})",
         "executing": f"sum({m.EXECUTING_REQUESTS.name}{{{pods}}})",
         # A pod that served nothing lately reports NaN quantiles; `>= 0` drops them.
-        "p50_ms": (
-            f'avg({m.TRITON_REQUEST_SUMMARY_US.name}{{{pods},{m.QUANTILE}="0.5"}} >= 0) / 1000'
-        ),
+        "p50_ms": f"avg({_selected(target.p50_metric, pods)} >= 0) / 1000",
         "scraped_at": f"min(timestamp({pending}{{{pods}}}))",
         "router_pending": f"sum({m.ROUTER_PENDING.name}{{{routers}}})",
         "demand_total": f"sum({m.ROUTER_TIER_DEMAND.name}{{{routers}}})",
     }
+
+
+def _selected(series: str, selector: str) -> str:
+    """`series` (a name, or a name with a `{...}` selector) with `selector` added."""
+    if series.endswith("}"):
+        return f"{series[:-1]},{selector}}}"
+    return f"{series}{{{selector}}}"
 
 
 def instant_value(payload: Mapping[str, Any]) -> float | None:
@@ -134,14 +156,25 @@ def _samples(text: str) -> Iterable[tuple[str, Mapping[str, str], float]]:
             yield sample.name, sample.labels, float(sample.value)
 
 
+def _is_median(name: str, labels: Mapping[str, str], *, step_batched: bool) -> bool:
+    if step_batched:
+        return name == m.STEP_REQUEST_P50_US.name
+    return name == m.TRITON_REQUEST_SUMMARY_US.name and labels.get(m.QUANTILE) == "0.5"
+
+
 def tier_metrics_from_scrapes(
-    pods: Sequence[str | None], routers: Sequence[str | None], tier: TierName, now: float
+    pods: Sequence[str | None],
+    routers: Sequence[str | None],
+    tier: TierName,
+    now: float,
+    *,
+    step_batched: bool = False,
 ) -> TierMetrics:
     """Add up the scraped exposition texts of a tier's pods and of the routers (pure).
 
     A pod that could not be scraped (None) makes the queue unknown; a router that could not be
     scraped only loses its share of pending requests and demand. p50 is the mean of the pods'
-    medians that have one.
+    medians that have one (a step-batched tier's: the runtime's STEP_REQUEST_P50_US).
     """
     queued: float | None = 0.0
     executing = 0.0
@@ -155,11 +188,7 @@ def tier_metrics_from_scrapes(
                 queued += value
             elif name == m.EXECUTING_REQUESTS.name:
                 executing += value
-            elif (
-                name == m.TRITON_REQUEST_SUMMARY_US.name
-                and labels.get(m.QUANTILE) == "0.5"
-                and not math.isnan(value)
-            ):
+            elif _is_median(name, labels, step_batched=step_batched) and not math.isnan(value):
                 medians.append(value / 1000)
     pending, demand, demand_seen = 0.0, 0.0, False
     for text in routers:
@@ -226,4 +255,10 @@ class DirectSource:
             *(self._scrape(a, "/metrics") for a in pods),
             *(self._scrape(a, "/metrics") for a in routers),
         )
-        return tier_metrics_from_scrapes(texts[: len(pods)], texts[len(pods) :], target.tier, now)
+        return tier_metrics_from_scrapes(
+            texts[: len(pods)],
+            texts[len(pods) :],
+            target.tier,
+            now,
+            step_batched=target.step_batched,
+        )

@@ -9,7 +9,7 @@ says so. tests/unit/router/test_routing_policy.py pins every case.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from duotone_contracts.api.v1alpha1 import (
@@ -20,9 +20,6 @@ from duotone_contracts.api.v1alpha1 import (
 )
 from duotone_contracts.routing_table import Traffic
 from duotone_router.policy.reasons import Reason, Refused
-
-MIN_LATENCY_SAMPLES = 5
-"""A recent p50 counts only over at least this many requests (one slow image is not a trend)."""
 
 
 @dataclass(frozen=True)
@@ -275,29 +272,3 @@ def pick_backend(
     fewest = min(b.outstanding for b in candidates)
     tied = [b for b in candidates if b.outstanding == fewest]
     return tied[turn % len(tied)].address
-
-
-@dataclass(frozen=True)
-class LatencyWindow:
-    """Recent request latencies of a tier: (finished_at, milliseconds), oldest first."""
-
-    window_s: float = 10.0
-    samples: tuple[tuple[float, float], ...] = field(default=())
-
-    def add(self, now: float, latency_ms: float, *, limit: int = 200) -> LatencyWindow:
-        kept = self.prune(now).samples[-(limit - 1) :] if limit > 1 else ()
-        return LatencyWindow(self.window_s, (*kept, (now, latency_ms)))
-
-    def prune(self, now: float) -> LatencyWindow:
-        start = now - self.window_s
-        return LatencyWindow(self.window_s, tuple(s for s in self.samples if s[0] >= start))
-
-    def p50(self, now: float) -> float | None:
-        """Median over the window, or None with fewer than MIN_LATENCY_SAMPLES samples."""
-        values = sorted(ms for _, ms in self.prune(now).samples)
-        if len(values) < MIN_LATENCY_SAMPLES:
-            return None
-        middle = len(values) // 2
-        if len(values) % 2:
-            return values[middle]
-        return (values[middle - 1] + values[middle]) / 2

@@ -11,7 +11,7 @@ import aiohttp
 import openai
 import pytest
 
-from duotone_router.policy.routing import LatencyWindow
+from duotone_contracts.latency import LatencyWindow
 from duotone_testbed.stack import LocalStack
 from tests.integration.router.conftest import (
     post,

@@ -9,6 +9,7 @@ before any step. Waits poll with deadlines; nothing is timed.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,10 @@ def test_step_mode_gives_request_modes_bytes(
     assert stepped.files == plain.files
     assert stepped.image_steps == 2
     assert stepped.prompt_tokens == plain.prompt_tokens > 0
+    # The pod's own median (Triton's summary of a decoupled model ends at execute).
+    median = step_server.metric("duotone_step_request_p50_microseconds")
+    assert math.isfinite(median)
+    assert median > 0
 
 
 def test_invalid_input_is_refused_at_once(step_server: RuntimeServer) -> None:

@@ -136,3 +136,36 @@ def test_status_keeps_figures_on_a_held_decision_and_clears_an_idle_p50() -> Non
     assert "lastScaleReason" not in patch["tiers"]["efficient"]
     assert patch["tiers"]["flagship"]["p50LatencyMs"] is None
     assert patch["p50"] == "eff 300ms"
+
+
+STEP_POD = (
+    POD
+    + """\
+# TYPE duotone_step_request_p50_microseconds gauge
+duotone_step_request_p50_microseconds{{model="duotone",tier="flagship"}} {step_p50_us}
+"""
+)
+
+
+def test_a_step_batched_tier_reads_the_runtimes_median() -> None:
+    manifest = imd("sd").tier("efficient").tier("flagship").batching(mode="step").build()
+    manifest["metadata"]["namespace"] = "images"
+    targets = tier_targets(parse_imd(manifest))
+    assert not targets["efficient"].step_batched
+    assert targets["flagship"].step_batched
+    assert prometheus_queries(targets["flagship"])["p50_ms"] == (
+        "avg(duotone_step_request_p50_microseconds"
+        '{namespace="images",service="sd-flagship"} >= 0) / 1000'
+    )
+    assert prometheus_queries(targets["efficient"])["p50_ms"] == (
+        'avg(nv_inference_request_summary_us{quantile="0.5",namespace="images",'
+        'service="sd-efficient"} >= 0) / 1000'
+    )
+    # Triton's summary of a decoupled model ends at execute (1.2 ms): not the latency.
+    pods = [
+        STEP_POD.format(queued=0, executing=2, p50_us=1200, step_p50_us=900000),
+        STEP_POD.format(queued=0, executing=1, p50_us=1300, step_p50_us="NaN"),
+    ]
+    metrics = tier_metrics_from_scrapes(pods, [ROUTER], "flagship", now=5, step_batched=True)
+    assert metrics.p50_latency_ms == pytest.approx(900)
+    assert metrics.executing == 3

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from duotone_contracts.latency import LatencyWindow
 from duotone_router.policy.reasons import Reason
 from duotone_router.policy.routing import (
     BackendLoad,
-    LatencyWindow,
     TierLoad,
     TrafficPolicy,
     choose_tier,
