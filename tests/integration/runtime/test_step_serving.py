@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -144,3 +145,43 @@ def test_an_infeasible_deadline_is_refused_before_any_step(step_server: RuntimeS
     assert refused.value.failure is Failure.QUEUE_FULL  # the router overflows it per policy
     assert step_server.metric(REJECTED, reason="infeasible") == infeasible_before + 1
     assert step_server.metric(STEPS_TOTAL) == steps_before
+
+
+def test_sigterm_finishes_the_step_loops_requests_and_refuses_new_ones(
+    start_server: Callable[..., RuntimeServer],
+) -> None:
+    exit_timeout = 60
+    server = start_server(
+        "step-drain",
+        tiny_tier(mode="step", max_steps=LONG_STEPS, max_size=256, request_timeout_ms=60000),
+        exit_timeout_secs=exit_timeout,
+    )
+    long = generation("in flight", 5, steps=30, width=256, height=256)
+    process: Any = server.process
+
+    async def scenario() -> tuple[Any, BackendError]:
+        backend = Backend(server.grpc_url)
+        try:
+            async with asyncio.timeout(exit_timeout):
+                running = asyncio.ensure_future(
+                    backend.generate(long, timeout_s=exit_timeout, request_id="a", stream=True)
+                )
+                while server.metric(STEPS_TOTAL) < 2:
+                    await asyncio.sleep(0.02)  # polling the step counter
+                process.send_signal(signal.SIGTERM)
+                while server.is_ready():
+                    await asyncio.sleep(0.02)
+                with pytest.raises(BackendError) as late:
+                    await backend.generate(
+                        generation("too late", 1), timeout_s=10, request_id="b", stream=True
+                    )
+                return await running, late.value
+        finally:
+            await backend.close()
+
+    answered, late = asyncio.run(scenario())
+    assert len(answered.files) == 1
+    assert answered.image_steps == 30
+    assert late.failure is Failure.CONNECT, late.detail
+    process.wait(timeout=exit_timeout + 10)
+    assert process.returncode == 0, server.log_tail()
