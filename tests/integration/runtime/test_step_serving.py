@@ -19,6 +19,7 @@ import pytest
 from duotone_contracts.limits import GenerationRequest
 from duotone_contracts.triton import DEADLINE_REFUSAL
 from duotone_router.backends import Backend, BackendError, Failure
+from duotone_router.dispatch import RETRIED
 from tests.integration.runtime.conftest import RuntimeServer, tiny_tier, wait_until
 
 STEPS_TOTAL = "duotone_denoising_steps_total"
@@ -182,6 +183,9 @@ def test_sigterm_finishes_the_step_loops_requests_and_refuses_new_ones(
     answered, late = asyncio.run(scenario())
     assert len(answered.files) == 1
     assert answered.image_steps == 30
-    assert late.failure is Failure.CONNECT, late.detail
+    # The router tries a refused request once more on another pod. A new stream opened while
+    # the pod drains is refused by the gate ("shutting down": CONNECT), or, as observed while
+    # tritonserver unloads the model, fails with "Internal error from Core" (OTHER).
+    assert late.failure in RETRIED, late.detail
     process.wait(timeout=exit_timeout + 10)
     assert process.returncode == 0, server.log_tail()
