@@ -255,18 +255,22 @@ class TritonPythonModel:
         finally:
             self.metrics.executing.increment(-float(len(requests)))
 
+    def _checked(self, request: Any) -> GenerationRequest:
+        """One Triton request with the tier's defaults applied; RequestError names its fields."""
+        spec = self.tier.spec
+        return validate_request(
+            read_request(request),
+            spec.defaults,
+            spec.limits,
+            seed_if_missing=secrets.randbelow(MAX_SEED + 1),
+        )
+
     def _execute(self, requests: Sequence[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         valid: list[GenerationRequest | None] = [None] * len(requests)
-        spec = self.tier.spec
         for position, request in enumerate(requests):
             try:
-                valid[position] = validate_request(
-                    read_request(request),
-                    spec.defaults,
-                    spec.limits,
-                    seed_if_missing=secrets.randbelow(MAX_SEED + 1),
-                )
+                valid[position] = self._checked(request)
             except RequestError as error:
                 self.metrics.rejected["invalid"].increment(1)
                 responses[position] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
@@ -309,15 +313,7 @@ class TritonPythonModel:
             for position, files, tokens in served:
                 request = valid[position]
                 assert request is not None
-                responses[position] = pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor(triton.IMAGES, np.array([files], dtype=np.object_)),
-                        pb_utils.Tensor(triton.PROMPT_TOKENS, np.array([[tokens]], np.int32)),
-                        pb_utils.Tensor(
-                            triton.STEPS_COMPUTED, np.array([[request.image_steps()]], np.int32)
-                        ),
-                    ]
-                )
+                responses[position] = _outputs(files, tokens, request.image_steps())
         return responses
 
     def _submit(self, loop: StepLoop[Any], requests: Sequence[Any]) -> None:
@@ -328,12 +324,7 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                checked = validate_request(
-                    read_request(request),
-                    spec.defaults,
-                    spec.limits,
-                    seed_if_missing=secrets.randbelow(MAX_SEED + 1),
-                )
+                checked = self._checked(request)
             except RequestError as error:
                 self.metrics.rejected["invalid"].increment(1)
                 _send_final(sender, _error(str(error), pb_utils.TritonError.INVALID_ARG))
