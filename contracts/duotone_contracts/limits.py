@@ -39,6 +39,8 @@ MAX_DEADLINE_MS = 3_600_000
 """The longest deadline a request may carry (the tier's requestTimeoutMs bound)."""
 PRIORITY_RANGE = (-100, 100)
 """A request's admission priority: higher goes first in a step-batched tier; 0 is the default."""
+MAX_PARTIAL_IMAGES = 3
+"""Most previews a streamed request may ask for (OpenAI's partial_images bound)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class RawRequest:
     mask: bytes | None = field(default=None, repr=False)
     deadline_ms: int | None = None
     priority: int | None = None
+    partial_images: int | None = None
 
     def values(self) -> dict[triton.InputSpec, Any]:
         """Input -> value for every input this request sets (what a client sends)."""
@@ -89,6 +92,8 @@ class GenerationRequest:
     """Time left to answer it, in ms from its arrival at the pod; 0: the tier's timeout."""
     priority: int = 0
     """Admission priority in a step-batched tier: higher goes first."""
+    partial_images: int = 0
+    """Previews to send before the answer (a step-batched tier's streamed request)."""
 
     def values(self) -> dict[triton.InputSpec, Any]:
         """Input -> value for every input, always: Triton batches only requests that send the
@@ -208,6 +213,16 @@ def _check_priority(value: int) -> list[FieldError]:
     return []
 
 
+def _check_partial_images(value: int) -> list[FieldError]:
+    if not 0 <= value <= MAX_PARTIAL_IMAGES:
+        return [
+            FieldError(
+                triton.PARTIAL_IMAGES.field, f"{value} must be between 0 and {MAX_PARTIAL_IMAGES}"
+            )
+        ]
+    return []
+
+
 def _check_output(output_format: str, compression: int) -> list[FieldError]:
     problems = []
     if output_format not in triton.OUTPUT_FORMATS:
@@ -292,6 +307,7 @@ def validate_request(
     strength = default_strength if raw.strength is None else raw.strength
     deadline_ms = raw.deadline_ms or 0
     priority = raw.priority or 0
+    partial_images = raw.partial_images or 0
 
     problems = [
         *_check_text(triton.PROMPT.field, raw.prompt, limits.max_prompt_length, required=True),
@@ -314,6 +330,7 @@ def validate_request(
         *_check_edit(raw, limits, (width, height), strength, steps),
         *_check_deadline(deadline_ms),
         *_check_priority(priority),
+        *_check_partial_images(partial_images),
     ]
     if problems:
         raise RequestError(tuple(problems))
@@ -333,4 +350,5 @@ def validate_request(
         mask=mask,
         deadline_ms=deadline_ms,
         priority=priority,
+        partial_images=partial_images,
     )

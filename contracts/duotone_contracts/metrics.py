@@ -150,6 +150,10 @@ STEP_REQUEST_STEPS: Final = Metric(
     "Step-batched tiers: steps computed per request when it left the loop (answered, "
     "cancelled or past its deadline).",
 )
+PARTIAL_IMAGES_SENT: Final = Metric(
+    "duotone_partial_images_total",
+    "Step-batched tiers: preview images (partial_images of streamed requests) sent.",
+)
 RUNTIME_LABELS: Final = (MODEL, TIER)
 """Labels of every runtime family above (besides its own)."""
 

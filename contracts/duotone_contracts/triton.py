@@ -90,6 +90,14 @@ PRIORITY: Final = InputSpec(
     "admission priority in a step-batched tier, -100 to 100: higher goes first",
 )
 
+PARTIAL_IMAGES: Final = InputSpec(
+    "PARTIAL_IMAGES",
+    "partialImages",
+    "TYPE_INT32",
+    True,
+    "previews to stream before the answer, 0-3 (step-batched tiers; others send none)",
+)
+
 INPUTS: Final[tuple[InputSpec, ...]] = (
     PROMPT,
     NEGATIVE_PROMPT,
@@ -106,6 +114,7 @@ INPUTS: Final[tuple[InputSpec, ...]] = (
     MASK,
     DEADLINE_MS,
     PRIORITY,
+    PARTIAL_IMAGES,
 )
 
 IMAGES: Final = "IMAGES"
@@ -117,10 +126,18 @@ tokenizer reads (special tokens included, truncation applied), for the response'
 STEPS_COMPUTED: Final = "STEPS_COMPUTED"
 """Output: INT32, shape [1, 1] per request: image-steps computed (images x denoising steps
 run; an edit of strength s runs int(steps x s) steps), the usage's output measure."""
+PARTIAL_INDEX: Final = "PARTIAL_INDEX"
+"""Output: INT32, shape [1, 1] per response: -1 in the answer; in a preview (a non-final
+response of a decoupled model, sent when PARTIAL_IMAGES asked for some) its 0-based index, with
+IMAGES holding one preview file per image, PROMPT_TOKENS 0 and STEPS_COMPUTED the image-steps
+computed so far."""
+FINAL_INDEX: Final = -1
+"""PARTIAL_INDEX of the answer itself."""
 OUTPUTS: Final[tuple[tuple[str, TritonType, int], ...]] = (
     (IMAGES, "TYPE_STRING", -1),
     (PROMPT_TOKENS, "TYPE_INT32", 1),
     (STEPS_COMPUTED, "TYPE_INT32", 1),
+    (PARTIAL_INDEX, "TYPE_INT32", 1),
 )
 """Every output: name, type and its one dimension after the batch dimension."""
 

@@ -12,7 +12,9 @@ each checked request to `submit` and returns at once (the model is decoupled); a
    their initial noise);
 4. computes one step for the whole running batch, and hands the requests that finished to the
    `finisher` (decoded together, one VAE call per image size, encoded and answered there while
-   the loop computes the next step).
+   the loop computes the next step), and so the previews due after this step (a streamed
+   request's `partial_images`, at `step_policy.preview_steps`): rendered and sent on the
+   finisher too, so they leave in order, before the answer, and never after it.
 
 What computes a step is a `Stepper` (`stepping.py` for diffusers pipelines; tests use fakes),
 and what answers a request is a `LoopEvents` (the Triton adapter sends responses and counts
@@ -30,7 +32,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from duotone_contracts.limits import GenerationRequest
 from duotone_contracts.triton import DEADLINE_REFUSAL
-from duotone_runtime.step_policy import Job, plan_step
+from duotone_runtime.step_policy import Job, plan_step, preview_steps
 
 STEP_TIME_WEIGHT = 0.3
 """Weight of the newest step in the step-time estimate (an exponential moving average)."""
@@ -66,6 +68,12 @@ class Stepper(Protocol[State]):
 
     def finish(self, states: Sequence[State]) -> list[Finished]:
         """Decode and encode requests whose steps are done (batched where it can), in order."""
+        ...
+
+    def preview(self, state: State) -> Callable[[], list[bytes]]:
+        """A preview of where the state's denoising stands now: a function (called later, on
+        the finisher) that renders one cheap approximate image file per image of the request.
+        It must not change the state: the answer stays the same with or without previews."""
         ...
 
 
@@ -110,6 +118,10 @@ class Entry(Generic[State]):
     steps_done: int = 0
     joined_at_step: int | None = None
     """The loop's step count when it joined the running batch."""
+    previews: tuple[int, ...] = ()
+    """After which of its steps a preview is sent (`step_policy.preview_steps`)."""
+    closed: bool = False
+    """Its final answer (images or refusal) was sent: nothing more goes to its handle."""
 
 
 class LoopEvents(Protocol):
@@ -124,6 +136,8 @@ class LoopEvents(Protocol):
     def admitted(self, entry: Entry[Any], now: float) -> None: ...
 
     def stepped(self, images: int, seconds: float) -> None: ...
+
+    def previewed(self, entry: Entry[Any], index: int, files: list[bytes]) -> None: ...
 
 
 class StepLoop(Generic[State]):
@@ -157,6 +171,8 @@ class StepLoop(Generic[State]):
         self._inbox: list[Entry[State]] = []
         self._next_key = 0
         self._wake = threading.Condition()
+        self._answering = threading.Lock()
+        """Held while a request's handle is written to (the loop and the finisher both do)."""
 
     @property
     def held(self) -> int:
@@ -184,7 +200,7 @@ class StepLoop(Generic[State]):
                 self._wake.notify()
         if full:
             entry: Entry[State] = Entry(request, handle, Job(0, arrival, deadline, 0, 0, 0))
-            self.events.refused(entry, Refusal.QUEUE_FULL, REFUSAL_MESSAGES[Refusal.QUEUE_FULL])
+            self._refuse(entry, Refusal.QUEUE_FULL, REFUSAL_MESSAGES[Refusal.QUEUE_FULL])
         return not full
 
     def wait_for_work(self, timeout_s: float) -> None:
@@ -214,7 +230,7 @@ class StepLoop(Generic[State]):
         for group in (self.queued, self.running):
             for entry in [e for e in group if self.events.is_cancelled(e.handle)]:
                 group.remove(entry)
-                self.events.refused(entry, Refusal.CANCELLED, REFUSAL_MESSAGES[Refusal.CANCELLED])
+                self._refuse(entry, Refusal.CANCELLED, REFUSAL_MESSAGES[Refusal.CANCELLED])
 
     def _plan(self) -> None:
         now = self.clock()
@@ -231,20 +247,21 @@ class StepLoop(Generic[State]):
             entry = by_key[key]
             self._forget(entry)
             message = REFUSAL_MESSAGES[Refusal.DEADLINE].format(steps=entry.steps_done)
-            self.events.refused(entry, Refusal.DEADLINE, message)
+            self._refuse(entry, Refusal.DEADLINE, message)
         for key in plan.refuse:
             entry = by_key[key]
             self._forget(entry)
-            self.events.refused(entry, Refusal.INFEASIBLE, REFUSAL_MESSAGES[Refusal.INFEASIBLE])
+            self._refuse(entry, Refusal.INFEASIBLE, REFUSAL_MESSAGES[Refusal.INFEASIBLE])
         for key in plan.admit:
             entry = by_key[key]
             self.queued.remove(entry)
             try:
                 entry.state = self.stepper.start(entry.request)
             except Exception as error:  # one request's failure must not stop the loop
-                self.events.refused(entry, Refusal.FAILED, _failure(error))
+                self._refuse(entry, Refusal.FAILED, _failure(error))
                 continue
             entry.joined_at_step = self.steps
+            entry.previews = preview_steps(entry.request.steps_run(), entry.request.partial_images)
             self.running.append(entry)
             self.events.admitted(entry, self.clock())
         self._answer_finished()
@@ -270,7 +287,7 @@ class StepLoop(Generic[State]):
             except Exception as error:  # the batch failed: answer its requests, keep going
                 for entry in stepping:
                     self._forget(entry)
-                    self.events.refused(entry, Refusal.FAILED, _failure(error))
+                    self._refuse(entry, Refusal.FAILED, _failure(error))
                 return
             seconds = self.clock() - started
             self.steps += 1
@@ -282,7 +299,42 @@ class StepLoop(Generic[State]):
                 else STEP_TIME_WEIGHT * seconds + (1 - STEP_TIME_WEIGHT) * self.step_seconds
             )
             self.events.stepped(sum(e.request.num_images for e in stepping), seconds)
+            for entry in stepping:
+                if entry.steps_done in entry.previews and entry.state is not None:
+                    index = entry.previews.index(entry.steps_done)
+                    render = self._preview_of(entry.state)
+                    if render is not None:
+                        self._hand_over(self._send_preview, entry, index, render)
         self._answer_finished()
+
+    def _hand_over(self, work: Callable[..., None], *args: Any) -> None:
+        """Run `work` on the finisher (in order with the answers), or here without one."""
+        if self.finisher is None:
+            work(*args)
+        else:
+            self.finisher.submit(work, *args)
+
+    def _preview_of(self, state: State) -> Callable[[], list[bytes]] | None:
+        try:
+            return self.stepper.preview(state)
+        except Exception:  # a preview is best effort: the request goes on without it
+            return None
+
+    def _send_preview(
+        self, entry: Entry[State], index: int, render: Callable[[], list[bytes]]
+    ) -> None:
+        try:
+            files = render()
+        except Exception:  # a preview is best effort: the request goes on without it
+            return
+        with self._answering:
+            if not entry.closed:
+                self.events.previewed(entry, index, files)
+
+    def _refuse(self, entry: Entry[State], refusal: Refusal, message: str) -> None:
+        with self._answering:
+            entry.closed = True
+            self.events.refused(entry, refusal, message)
 
     def _answer_finished(self) -> None:
         done = [
@@ -294,10 +346,7 @@ class StepLoop(Generic[State]):
             for entry in done:
                 self.running.remove(entry)
             self.finishing += len(done)
-        if self.finisher is None:
-            self._finish(done)
-        else:
-            self.finisher.submit(self._finish, done)
+        self._hand_over(self._finish, done)
 
     def _finish(self, done: list[Entry[State]]) -> None:
         try:
@@ -305,11 +354,13 @@ class StepLoop(Generic[State]):
         except Exception as error:
             for entry in done:
                 entry.state = None
-                self.events.refused(entry, Refusal.FAILED, _failure(error))
+                self._refuse(entry, Refusal.FAILED, _failure(error))
         else:
             for entry, finished in zip(done, answers, strict=True):
                 entry.state = None
-                self.events.answered(entry, finished)
+                with self._answering:
+                    entry.closed = True
+                    self.events.answered(entry, finished)
         finally:
             with self._wake:
                 self.finishing -= len(done)

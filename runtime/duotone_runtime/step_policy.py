@@ -113,3 +113,19 @@ def plan_step(
         free -= job.images
         occupied.append((finish, job.images))
     return StepPlan(tuple(admit), tuple(refuse), tuple(expired))
+
+
+def preview_steps(steps: int, partial_images: int) -> tuple[int, ...]:
+    """After which of its `steps` a request asking for `partial_images` previews gets each one:
+    evenly spaced (step s x i / (partial_images + 1), rounded), never after the last step (the
+    answer comes then) and never two after the same step, so a request of few steps may get
+    fewer previews than it asked for (as OpenAI allows).
+
+    e.g. 30 steps, 2 previews: after steps 10 and 20; 4 steps, 2 previews: after 1 and 3;
+    2 steps, 3 previews: after step 1 only.
+    """
+    spaced = (
+        (2 * steps * i + partial_images + 1) // (2 * (partial_images + 1))
+        for i in range(1, partial_images + 1)
+    )
+    return tuple(sorted({s for s in spaced if 1 <= s < steps}))

@@ -13,6 +13,12 @@ Stage times are measured around the calls (not with the runner's forward hooks):
 runs on the loop's finisher thread while the next step runs, so the hooks' shared clock would
 mix the two.
 
+A preview (a streamed request's partial image) is the scheduler's current estimate of the
+denoised latents (`pred_original_sample`, the noisy latents when the scheduler gives none)
+projected to RGB by a fixed linear map (`LATENT_RGB_FACTORS`) and enlarged to the image's size:
+a few thousand multiply-adds per latent pixel instead of a VAE decode, approximate by design.
+Taking one reads the state and changes nothing, so the answer is the same with or without.
+
 Requests the loop cannot take apart run as one whole pipeline call when they are admitted
 (between two steps): edits (image-to-image and inpainting) and pipelines outside the family
 (`steps_by_step` is False: SDXL's extra conditioning, guidance-embedding UNets, transformers).
@@ -22,18 +28,56 @@ Imports torch: only the Triton model (and tests) import it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 
 from duotone_contracts.limits import GenerationRequest
 from duotone_runtime.batching import ShapeKey
 from duotone_runtime.execution import CallResult, PipelineRunner, to_pixels
 from duotone_runtime.step_loop import Finished
+
+LATENT_RGB_FACTORS = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+"""RGB of each of Stable Diffusion's 4 latent channels (a least-squares fit of the VAE's decode,
+as used for latent previews); latents of another width are shown as their first 3 channels."""
+
+
+def latent_preview(latents: Any, width: int, height: int) -> Any:
+    """Approximate RGB pixels (N x height x width x 3, uint8) of scaled latents (N x C x h x w):
+    the fixed linear projection, mapped from [-1, 1], enlarged (bilinear) to the image's size."""
+    values = latents.detach().float().cpu()
+    if values.shape[1] == len(LATENT_RGB_FACTORS):
+        rgb = torch.einsum("nchw,cr->nhwr", values, torch.tensor(LATENT_RGB_FACTORS))
+    else:
+        rgb = values[:, :3].permute(0, 2, 3, 1)
+    small = ((rgb + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+            for image in small
+        ]
+    )
+
+
+def _denoised_estimate(output: Any) -> Any:
+    """A scheduler step's estimate of the final latents (Euler, DDIM: pred_original_sample;
+    LCM: denoised), or None when it gives none (DPM-Solver)."""
+    for name in ("pred_original_sample", "denoised"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    return None
 
 
 @dataclass
@@ -45,6 +89,8 @@ class RequestState:
     embeddings: Any = None
     """Prompt embeddings (negative ones first under guidance), one row per image."""
     latents: Any = None
+    denoised: Any = None
+    """The scheduler's estimate of the final latents after the last step (for previews)."""
     scheduler: Any = None
     timesteps: Any = None
     index: int = 0
@@ -152,10 +198,25 @@ class PipelineStepper:
                 uncond, text = predicted.chunk(2)
                 predicted = uncond + state.request.guidance_scale * (text - uncond)
             t = state.timesteps[state.index]
-            state.latents = state.scheduler.step(
-                predicted, t, state.latents, **state.extra_step, return_dict=False
-            )[0]
+            output = state.scheduler.step(predicted, t, state.latents, **state.extra_step)
+            state.latents = output.prev_sample
+            state.denoised = _denoised_estimate(output)
             state.index += 1
+
+    def preview(self, state: RequestState) -> Callable[[], list[bytes]]:
+        """A preview of `state` now: its latents are taken here (the next step replaces them,
+        it does not change them in place), rendered and encoded when called."""
+        latents = state.latents if state.denoised is None else state.denoised
+        request = state.request
+        if latents is None:
+            raise ValueError("a request run as one call has no steps to preview")
+
+        def render() -> list[bytes]:
+            pixels = latent_preview(latents, request.width, request.height)
+            formats = [(request.output_format, request.output_compression)] * len(pixels)
+            return self.runner.encode(pixels, formats)
+
+        return render
 
     def finish(self, states: Sequence[RequestState]) -> list[Finished]:
         """Decode the finished requests, one VAE call per image size, then encode every file

@@ -98,6 +98,7 @@ class _Metrics:
         queue_wait = family(m.STEP_QUEUE_WAIT, histogram)
         request_steps = family(m.STEP_REQUEST_STEPS, histogram)
         step_p50 = family(m.STEP_REQUEST_P50_US, gauge)
+        partials = family(m.PARTIAL_IMAGES_SENT, counter)
         self.images = images.Metric(labels=labels)
         self.steps = steps.Metric(labels=labels)
         self.steps_per_second = rate.Metric(labels=labels)
@@ -119,6 +120,7 @@ class _Metrics:
         self.queue_wait = queue_wait.Metric(labels=labels, buckets=SECONDS_BUCKETS)
         self.request_steps = request_steps.Metric(labels=labels, buckets=STEP_BUCKETS)
         self.step_p50_us = step_p50.Metric(labels=labels)
+        self.partial_images = partials.Metric(labels=labels)
 
 
 def _single(request: Any, spec: triton.InputSpec) -> Any:
@@ -377,12 +379,16 @@ def _send_final(sender: Any, response: Any) -> None:
     sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
-def _outputs(files: list[bytes], prompt_tokens: int, image_steps: int) -> Any:
+def _outputs(
+    files: list[bytes], prompt_tokens: int, image_steps: int, index: int = triton.FINAL_INDEX
+) -> Any:
+    """A response: the answer, or (with a preview's `index`) one of its previews."""
     return pb_utils.InferenceResponse(
         output_tensors=[
             pb_utils.Tensor(triton.IMAGES, np.array([files], dtype=np.object_)),
             pb_utils.Tensor(triton.PROMPT_TOKENS, np.array([[prompt_tokens]], np.int32)),
             pb_utils.Tensor(triton.STEPS_COMPUTED, np.array([[image_steps]], np.int32)),
+            pb_utils.Tensor(triton.PARTIAL_INDEX, np.array([[index]], np.int32)),
         ]
     )
 
@@ -427,6 +433,13 @@ class _LoopEvents:
         _send_final(
             entry.handle, _outputs(finished.files, finished.prompt_tokens, finished.image_steps)
         )
+
+    def previewed(self, entry: Entry[Any], index: int, files: list[bytes]) -> None:
+        if self.is_cancelled(entry.handle):
+            return  # the client went away: the loop drops it before the next step
+        steps = entry.steps_done * entry.request.num_images
+        entry.handle.send(_outputs(files, 0, steps, index))
+        self.metrics.partial_images.increment(float(len(files)))
 
     def refused(self, entry: Entry[Any], refusal: Refusal, message: str) -> None:
         self.metrics.executing.increment(-1.0)

@@ -3,17 +3,21 @@ depend on its neighbours or on when it joined, and equal a whole-pipeline call's
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from duotone_contracts.limits import GenerationRequest
 from duotone_runtime.batching import ShapeKey
 from duotone_runtime.execution import PipelineRunner
 from duotone_runtime.step_loop import Entry, Finished, Refusal, StepLoop
-from duotone_runtime.stepping import PipelineStepper, steps_by_step
+from duotone_runtime.stepping import PipelineStepper, latent_preview, steps_by_step
 from duotone_runtime.tiny import build_tiny_pipeline
 
 
@@ -26,12 +30,21 @@ def runner() -> PipelineRunner:
 class Collect:
     answers: dict[str, Finished] = field(default_factory=dict)
     refusals: list[tuple[str, Refusal, str]] = field(default_factory=list)
+    previews: list[tuple[str, int, int, list[bytes]]] = field(default_factory=list)
+    """(handle, index, steps done, files) of each preview sent, in order."""
+    order: list[tuple[str, str]] = field(default_factory=list)
+    """(handle, "preview" or "answer") as they were sent."""
 
     def is_cancelled(self, handle: Any) -> bool:  # noqa: ARG002
         return False
 
     def answered(self, entry: Entry[Any], finished: Finished) -> None:
         self.answers[entry.handle] = finished
+        self.order.append((entry.handle, "answer"))
+
+    def previewed(self, entry: Entry[Any], index: int, files: list[bytes]) -> None:
+        self.previews.append((entry.handle, index, entry.steps_done, files))
+        self.order.append((entry.handle, "preview"))
 
     def refused(self, entry: Entry[Any], refusal: Refusal, message: str) -> None:
         self.refusals.append((entry.handle, refusal, message))
@@ -52,6 +65,7 @@ def request(
     size: int = 64,
     images: int = 1,
     output_format: str = "png",
+    partial_images: int = 0,
 ) -> GenerationRequest:
     return GenerationRequest(
         prompt,
@@ -63,6 +77,7 @@ def request(
         seed,
         images,
         output_format=output_format,
+        partial_images=partial_images,
     )
 
 
@@ -146,3 +161,38 @@ def test_an_edit_runs_as_one_call_in_the_loop(runner: PipelineRunner) -> None:
     assert events.answers["edit"].files == whole(runner, edit)
     assert events.answers["edit"].image_steps == 2
     assert events.answers["neighbour"].files == whole(runner, request("n", 9, steps=4))
+
+
+def test_previews_come_at_evenly_spaced_steps_and_leave_the_answer_unchanged(
+    runner: PipelineRunner,
+) -> None:
+    """Two previews of a 6-step request come after steps 2 and 4, in order, before its answer;
+    they are images of the requested size and format, they differ from each other and from the
+    answer, and the answer's bytes are those of a request without previews."""
+    target = request("a cat on a mat", 7, guidance=5.0, partial_images=2, output_format="jpeg")
+    plain = request("a cat on a mat", 7, guidance=5.0, output_format="jpeg")
+    events = Collect()
+    loop = new_loop(runner, events)
+    submit(loop, "target", target)
+    submit(loop, "neighbour", request("n", 9, steps=6))
+    run_loop(loop)
+    assert [(h, i, s) for h, i, s, _ in events.previews] == [("target", 0, 2), ("target", 1, 4)]
+    assert events.order.index(("target", "answer")) > 1
+    first, second = (files[0] for *_, files in events.previews)
+    assert first[:3] == second[:3] == b"\xff\xd8\xff"
+    for preview in (first, second):
+        assert Image.open(io.BytesIO(preview)).size == (64, 64)
+    answer = events.answers["target"].files
+    assert len({first, second, answer[0]}) == 3
+    assert answer == whole(runner, plain)
+
+
+def test_a_preview_is_one_file_per_image() -> None:
+    """The latent projection: N latents give N images of the requested size; SD's 4 channels
+    go through the fixed RGB map (a zero latent is mid-grey)."""
+    pixels = latent_preview(torch.zeros(2, 4, 8, 8), 64, 48)
+    assert pixels.shape == (2, 48, 64, 3)
+    assert pixels.dtype == np.uint8
+    assert set(np.unique(pixels).tolist()) == {128}
+    bright = latent_preview(torch.full((1, 4, 8, 8), -1.0), 64, 64)
+    assert bright[0, 0, 0].tolist() != [128, 128, 128]

@@ -4,7 +4,7 @@ cancellation, failures."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,10 @@ class FakeStepper:
         self.finished_together.append([s.request.prompt for s in states])
         return [Finished([s.request.prompt.encode()], 3, s.computed) for s in states]
 
+    def preview(self, state: FakeState) -> Callable[[], list[bytes]]:
+        computed = state.computed  # taken now, rendered later
+        return lambda: [f"{state.request.prompt}@{computed}".encode()]
+
 
 @dataclass
 class Events:
@@ -67,12 +71,18 @@ class Events:
     answers: list[str] = field(default_factory=list)
     refusals: list[tuple[str, Refusal, int]] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
+    """Everything sent to any handle, in order: previews as their file, answers as the prompt."""
 
     def is_cancelled(self, handle: Any) -> bool:
         return handle in self.cancelled
 
     def answered(self, entry: Entry[Any], finished: Finished) -> None:  # noqa: ARG002
         self.answers.append(entry.request.prompt)
+        self.sent.append(entry.request.prompt)
+
+    def previewed(self, entry: Entry[Any], index: int, files: list[bytes]) -> None:  # noqa: ARG002
+        self.sent.append(f"{index}:{files[0].decode()}")
 
     def refused(self, entry: Entry[Any], refusal: Refusal, message: str) -> None:  # noqa: ARG002
         self.refusals.append((entry.request.prompt, refusal, entry.steps_done))
@@ -84,16 +94,22 @@ class Events:
         self.batch_sizes.append(images)
 
 
-def request(prompt: str, steps: int, *, priority: int = 0, images: int = 1) -> GenerationRequest:
-    return GenerationRequest(prompt, "", steps, 1.0, 64, 64, 7, images, priority=priority)
+def request(
+    prompt: str, steps: int, *, priority: int = 0, images: int = 1, partial_images: int = 0
+) -> GenerationRequest:
+    return GenerationRequest(
+        prompt, "", steps, 1.0, 64, 64, 7, images, priority=priority, partial_images=partial_images
+    )
 
 
-def make_loop(capacity: int = 4, max_queued: int = 16) -> tuple[StepLoop[Any], FakeStepper, Events]:
+def make_loop(
+    capacity: int = 4, max_queued: int = 16, finisher: Executor | None = None
+) -> tuple[StepLoop[Any], FakeStepper, Events]:
     clock = Clock()
     stepper = FakeStepper(clock)
     events = Events()
     loop: StepLoop[Any] = StepLoop(
-        stepper, events, capacity=capacity, max_queued=max_queued, clock=clock
+        stepper, events, capacity=capacity, max_queued=max_queued, clock=clock, finisher=finisher
     )
     return loop, stepper, events
 
@@ -242,15 +258,63 @@ def test_requests_finishing_together_are_finished_in_one_call() -> None:
 
 
 def test_a_finisher_thread_answers_in_finishing_order() -> None:
-    clock = Clock()
-    stepper = FakeStepper(clock)
-    events = Events()
     with ThreadPoolExecutor(1) as finisher:
-        loop: StepLoop[Any] = StepLoop(
-            stepper, events, capacity=4, max_queued=16, clock=clock, finisher=finisher
-        )
+        loop, _stepper, events = make_loop(finisher=finisher)
         for name, steps in (("a", 3), ("b", 1), ("c", 2)):
             submit(loop, name, steps)
         drain(loop)
     assert events.answers == ["b", "c", "a"]
     assert loop.held == 0
+
+
+def test_previews_are_sent_in_order_before_the_answer_on_the_finisher() -> None:
+    with ThreadPoolExecutor(1) as finisher:
+        loop, _stepper, events = make_loop(finisher=finisher)
+        submit(loop, "a", 9, partial_images=2)
+        submit(loop, "b", 4)
+        drain(loop)
+    # a's previews show its state after steps 3 and 6 (taken then, rendered on the finisher).
+    assert events.sent == ["0:a@3", "b", "1:a@6", "a"]
+
+
+class LaterExecutor(Executor):
+    """Runs submitted work only when told to (a finisher that fell behind)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Callable[[], Any]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.waiting.append(lambda: fn(*args, **kwargs))
+        return Future()
+
+    def run_all(self) -> None:
+        for work in self.waiting:
+            work()
+        self.waiting.clear()
+
+
+def test_no_preview_is_sent_after_the_final_answer() -> None:
+    """A preview still waiting for the finisher when its request was dropped is never sent."""
+    finisher = LaterExecutor()
+    loop, _stepper, events = make_loop(finisher=finisher)
+    submit(loop, "a", 12, partial_images=3, deadline_s=3.5)
+    drain(loop)
+    # The preview after step 3 was handed over; the deadline passed during step 4.
+    assert len(finisher.waiting) == 1
+    assert events.refusals == [("a", Refusal.DEADLINE, 4)]
+    finisher.run_all()
+    assert events.sent == []
+
+
+def test_a_cancelled_request_gets_no_more_previews() -> None:
+    loop, stepper, events = make_loop()
+    submit(loop, "a", 8, partial_images=3)
+
+    def hang_up(step: int) -> None:
+        if step == 3:
+            events.cancelled.add("a")
+
+    stepper.on_step = hang_up
+    drain(loop)
+    assert events.sent == ["0:a@2"]
+    assert events.refusals == [("a", Refusal.CANCELLED, 3)]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from duotone_runtime.step_policy import Job, StepPlan, admission_order, plan_step
+from duotone_runtime.step_policy import (
+    Job,
+    StepPlan,
+    admission_order,
+    plan_step,
+    preview_steps,
+)
 
 
 def job(
@@ -111,3 +117,21 @@ def test_queued_ahead_counts_too() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         plan_step([], [], capacity=0, now=0, step_seconds=0)
+
+
+@pytest.mark.parametrize(
+    ("steps", "partial_images", "expected"),
+    [
+        (30, 2, (10, 20)),
+        (30, 3, (8, 15, 23)),
+        (4, 2, (1, 3)),
+        (2, 3, (1,)),
+        (1, 3, ()),
+        (30, 0, ()),
+        (6, 1, (3,)),
+    ],
+)
+def test_previews_are_evenly_spaced_before_the_last_step(
+    steps: int, partial_images: int, expected: tuple[int, ...]
+) -> None:
+    assert preview_steps(steps, partial_images) == expected
