@@ -32,7 +32,7 @@ verify: install ## Lint, format, strict types, import layers, generated files un
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(foreach p,$(PACKAGES),$(p)/duotone_$(p)) hack/generate.py hack/audit.py tests/support tests/fakes \
-	  bench/reconcile.py bench/runtime.py bench/formats.py bench/gpu_runtime.py bench/router.py bench/autoscaler.py bench/local_cluster.py bench/mixed_burst.py bench/cold_start.py bench/step_scheduler.py \
+	  bench/reconcile.py bench/runtime.py bench/formats.py bench/gpu_runtime.py bench/router.py bench/autoscaler.py bench/local_cluster.py bench/mixed_burst.py bench/cold_start.py bench/step_scheduler.py bench/streaming.py \
 	  hack/demo.py
 	$(VENV)/bin/lint-imports
 	$(PY) hack/generate.py --check

@@ -84,6 +84,16 @@ def requests_mix(count: int) -> list[tuple[str, dict[str, Any]]]:
         ("webp", {"prompt": "a meadow", "output_format": "webp", "output_compression": 80}),
         ("edit", {"prompt": "the same scene at night", "image": EDIT_IMAGE}),
         ("inpaint", {"prompt": "a red door", "image": EDIT_IMAGE, "mask": EDIT_MASK}),
+        # Server-Sent Events: previews from the step-batched flagship, then the image.
+        (
+            "streamed",
+            {
+                "prompt": "a lighthouse forming",
+                "quality": "hd",
+                "stream": True,
+                "partial_images": 2,
+            },
+        ),
     ]
     mix += [
         (f"burst-{i}", {"prompt": f"burst {i}", "extra_body": {"tier": "flagship", "steps": 4}})
@@ -98,6 +108,8 @@ async def send(
     async with limit:
         started = time.monotonic()
         try:
+            if arguments.get("stream"):
+                return await streamed(client, label, arguments, started)
             if "image" in arguments:  # an edit: the SDK sends a multipart form
                 raw = await client.images.with_raw_response.edit(**arguments)
             else:
@@ -121,6 +133,32 @@ async def send(
             pngs,
             result.output_format or "png",
         )
+
+
+async def streamed(
+    client: openai.AsyncOpenAI, label: str, arguments: dict[str, Any], started: float
+) -> Outcome:
+    """A streamed request: its previews and its image (written out in that order); a stream
+    that ends without its completed event counts as failed."""
+    raw = await client.images.with_raw_response.generate(**arguments)
+    files: list[bytes] = []
+    completed = None
+    async for event in await raw.parse():
+        files.append(base64.b64decode(event.b64_json))
+        if event.type == "image_generation.completed":
+            completed = event
+    seconds = time.monotonic() - started
+    print(f"  {label}: {len(files) - 1} preview(s), then the image, in {seconds:.1f}s")
+    return Outcome(
+        label,
+        raw.headers.get("x-duotone-tier", "?"),
+        raw.headers.get("x-duotone-route", "?"),
+        raw.headers.get("x-duotone-degraded") == "true",
+        200 if completed is not None else 0,
+        seconds,
+        files,
+        completed.output_format if completed is not None else "png",
+    )
 
 
 def percentile(values: list[float], q: float) -> float:

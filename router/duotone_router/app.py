@@ -27,15 +27,17 @@ from duotone_contracts.limits import GenerationRequest
 from duotone_contracts.routing_table import RoutingTable, RoutingTableError, parse_routing_table
 from duotone_router import forms, guards, images
 from duotone_router.discovery import Addresses, Discovery
-from duotone_router.dispatch import Clock, Dispatcher
+from duotone_router.dispatch import Clock, Dispatcher, Preview, Served
 from duotone_router.edits import EditImages, decode_edit
 from duotone_router.keys import ApiKeys, load_api_keys
 from duotone_router.metrics import RouterMetrics
 from duotone_router.policy.moderation import Blocklist, ModerationCheck
 from duotone_router.policy.reasons import Reason, Refused
+from duotone_router.policy.routing import Route
 from duotone_router.responses import (
     ON_INTERNAL_ERROR,
     REQUEST_ID_KEY,
+    error_answer,
     error_response,
     openai_errors,
 )
@@ -50,6 +52,8 @@ CLIENT_REQUEST_ID_HEADER = "X-Client-Request-Id"
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 KEY_NAME_KEY = "duotone_key"
 """Where a handler keeps the caller's key name on the request (for the safety net's count)."""
+SERVING_TIER_KEY = "duotone_serving_tier"
+"""Where a streamed request keeps the tier serving it once its stream began (for its counts)."""
 DRAIN_MARGIN_S = 5.0
 """After SIGTERM: how long beyond the longest tier deadline in-flight requests may take."""
 
@@ -183,7 +187,7 @@ class Router:
 
     # ------------------------------------------------------------------ HTTP
 
-    async def handle_generations(self, request: web.Request) -> web.Response:
+    async def handle_generations(self, request: web.Request) -> web.StreamResponse:
         async def parse(
             key: str, admit: Callable[[], None]
         ) -> tuple[images.ImagesRequest, EditImages | None]:
@@ -200,7 +204,7 @@ class Router:
 
         return await self._serve(request, parse)
 
-    async def handle_edits(self, request: web.Request) -> web.Response:
+    async def handle_edits(self, request: web.Request) -> web.StreamResponse:
         async def parse(
             key: str, admit: Callable[[], None]
         ) -> tuple[images.ImagesRequest, EditImages | None]:
@@ -233,7 +237,7 @@ class Router:
         parse: Callable[
             [str, Callable[[], None]], Awaitable[tuple[images.ImagesRequest, EditImages | None]]
         ],
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         """One Images API request: the key, `parse` (reads the body, calls its second argument
         to apply the rate limit, then returns the request and an edit's files, moderated),
         dispatch, the answer."""
@@ -261,6 +265,16 @@ class Router:
                 request.headers.get(guards.PRIORITY_HEADER), self.table.key_priorities.get(key, 0)
             )
             parsed, edit = await parse(key, admit)
+            if parsed.stream:
+                return await self._stream(
+                    request,
+                    parsed,
+                    edit,
+                    key=key,
+                    priority=priority,
+                    headers=headers,
+                    started=started,
+                )
             served = await self.dispatcher.dispatch(
                 parsed,
                 request_id,
@@ -295,6 +309,7 @@ class Router:
             self.metrics.requests.labels(tier, str(response.status), key).inc()
             return response
         except asyncio.CancelledError:
+            tier = request.get(SERVING_TIER_KEY, tier)
             self.metrics.cancelled.labels(tier).inc()
             self.metrics.requests.labels(tier, "499", key).inc()
             raise
@@ -303,6 +318,60 @@ class Router:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        parsed: images.ImagesRequest,
+        edit: EditImages | None,
+        *,
+        key: str,
+        priority: int,
+        headers: dict[str, str],
+        started: float,
+    ) -> web.StreamResponse:
+        """A streamed request (`stream: true`): Server-Sent Events, the previews as they come,
+        then the image with its usage. The HTTP status is chosen with the first event: a
+        refusal or failure before any preview is answered as JSON, like an unstreamed one;
+        after one, it ends the stream as an `error` event. A client that hangs up cancels the
+        call, so its tier stops computing it at the next step."""
+        events = _EventStream(
+            request, headers, "image_edit" if edit is not None else "image_generation"
+        )
+        call = asyncio.create_task(
+            self.dispatcher.dispatch(
+                parsed,
+                request[REQUEST_ID_KEY],
+                allowed=self._allowed_tiers(key),
+                admit=self._charge(key) if self.keys is not None else None,
+                edit=edit,
+                priority=priority,
+                on_preview=events.arrive,
+            )
+        )
+        try:
+            await events.relay_until_done(call)
+            try:
+                served = call.result()
+            except Refused as refused:
+                status = await events.fail(refused)  # raises it again before any event
+                self.metrics.requests.labels(events.tier, str(status), key).inc()
+                return events.stream_or_fail()
+            self.dispatcher.record_latency(served.tier, self.clock() - started)
+            result = served.generated
+            await events.complete(served)
+            self.metrics.usage_tokens.labels(served.tier, key, "input").inc(result.prompt_tokens)
+            self.metrics.usage_tokens.labels(served.tier, key, "output").inc(result.image_steps)
+            self.metrics.requests.labels(served.tier, "200", key).inc()
+            return events.stream_or_fail()
+        except ConnectionResetError as error:
+            # The client hung up between two events: as if it had while the request waited.
+            raise asyncio.CancelledError from error
+        finally:
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Refused):
+                    await call
 
     def _allowed_tiers(self, key: str) -> frozenset[TierName] | None:
         """The tiers `key` may use (None: every tier)."""
@@ -366,6 +435,108 @@ class Router:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         return self._in_flight == 0
+
+
+class _EventStream:
+    """The Server-Sent Events of one streamed request: begun with its first event (the
+    previews' or the answer's tier in its headers), each preview index sent once."""
+
+    def __init__(
+        self, request: web.Request, headers: dict[str, str], kind: images.StreamKind
+    ) -> None:
+        self.request = request
+        self.headers = headers
+        self.kind: images.StreamKind = kind
+        self.stream: web.StreamResponse | None = None
+        self.tier = "none"
+        self.sent = -1
+        """The highest preview index sent (a call retried on another pod sends them again)."""
+        self._waiting: list[Preview] = []
+        self._arrived = asyncio.Event()
+
+    def arrive(self, preview: Preview) -> None:
+        """The dispatcher's `on_preview`: keep it for `relay_until_done`."""
+        self._waiting.append(preview)
+        self._arrived.set()
+
+    async def relay_until_done(self, call: asyncio.Task[Served]) -> None:
+        """Send the previews as they arrive, until `call` is done (and those it left)."""
+        while True:
+            if not call.done():
+                signal = asyncio.ensure_future(self._arrived.wait())
+                try:
+                    await asyncio.wait({call, signal}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    signal.cancel()
+                self._arrived.clear()
+            previews, self._waiting = self._waiting, []
+            for preview in previews:
+                await self._preview(preview)
+            if call.done():
+                return
+
+    async def _preview(self, preview: Preview) -> None:
+        partial = preview.partial
+        if partial.partial_index <= self.sent or not partial.files:
+            return
+        stream = await self._begin(preview.tier, preview.route)
+        event = images.partial_image_event(
+            self.kind,
+            int(time.time()),
+            preview.request,
+            preview.tier,
+            partial.files[0],
+            index=partial.partial_index,
+        )
+        await stream.write(images.sse(event))
+        self.sent = partial.partial_index
+
+    async def _begin(self, tier: TierName, route: Route) -> web.StreamResponse:
+        if self.stream is None:
+            self.tier = tier
+            self.request[SERVING_TIER_KEY] = tier
+            self.stream = web.StreamResponse(
+                headers={
+                    **self.headers,
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    images.TIER_HEADER: tier,
+                    images.DEGRADED_HEADER: "true" if route.degraded else "false",
+                    images.ROUTE_HEADER: route.kind,
+                }
+            )
+            await self.stream.prepare(self.request)
+        return self.stream
+
+    async def complete(self, served: Served) -> None:
+        """The answer's event, and the end of the stream."""
+        stream = await self._begin(served.tier, served.route)
+        result = served.generated
+        event = images.completed_event(
+            self.kind,
+            int(time.time()),
+            served.request,
+            served.tier,
+            result.files[0],
+            prompt_tokens=result.prompt_tokens,
+            image_steps=result.image_steps,
+        )
+        await stream.write(images.sse(event))
+        await stream.write_eof()
+
+    async def fail(self, refused: Refused) -> int:
+        """End a begun stream with the refusal as an `error` event; returns the status it
+        stands for. Before any event, raises the refusal (answered as JSON)."""
+        if self.stream is None:
+            raise refused
+        answer = error_answer(refused, self.request[REQUEST_ID_KEY])
+        await self.stream.write(images.sse(images.error_event(answer.body)))
+        await self.stream.write_eof()
+        return answer.status
+
+    def stream_or_fail(self) -> web.StreamResponse:
+        assert self.stream is not None
+        return self.stream
 
 
 def build_app(router: Router) -> web.Application:

@@ -10,7 +10,7 @@ found unresponsive, gives up on the calls it holds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -136,20 +136,28 @@ def infer_inputs(request: GenerationRequest) -> list[Any]:
 
 @dataclass(frozen=True)
 class Generated:
-    """One answered inference: the image files and what they cost."""
+    """One answered inference: the image files and what they cost; or one of its previews."""
 
     files: list[bytes]
     prompt_tokens: int
     image_steps: int
+    partial_index: int = triton.FINAL_INDEX
+    """A preview's 0-based index (its files are previews); FINAL_INDEX for the answer."""
+
+
+OnPartial = Callable[[Generated], None]
+"""Called with each preview a streamed call receives before its answer."""
 
 
 def generated(result: Any) -> Generated:
     """An inference result (any tritonclient's) as files and usage."""
     images = result.as_numpy(triton.IMAGES)
+    index = result.as_numpy(triton.PARTIAL_INDEX)
     return Generated(
         files=[bytes(image) for image in images.reshape(-1)],
         prompt_tokens=int(result.as_numpy(triton.PROMPT_TOKENS).reshape(-1)[0]),
         image_steps=int(result.as_numpy(triton.STEPS_COMPUTED).reshape(-1)[0]),
+        partial_index=triton.FINAL_INDEX if index is None else int(index.reshape(-1)[0]),
     )
 
 
@@ -174,14 +182,16 @@ class Backend:
         timeout_s: float,
         request_id: str,
         stream: bool = False,
+        on_partial: OnPartial | None = None,
     ) -> Generated:
         """One inference; its files and usage, or BackendError. Cancelling the task cancels
         the RPC. `stream`: the tier's model is decoupled (step batching) and is called over a
-        gRPC stream carrying this one request."""
+        gRPC stream carrying this one request; the previews it sends before the answer go to
+        `on_partial`."""
         outputs = [grpcaio.InferRequestedOutput(name) for name, _, _ in triton.OUTPUTS]
         self.outstanding += 1
         call = asyncio.ensure_future(
-            self._streamed(request, outputs, timeout_s, request_id)
+            self._streamed(request, outputs, timeout_s, request_id, on_partial)
             if stream
             else self.client.infer(
                 triton.DEFAULT_MODEL_NAME,
@@ -213,10 +223,16 @@ class Backend:
         return generated(result)
 
     async def _streamed(
-        self, request: GenerationRequest, outputs: list[Any], timeout_s: float, request_id: str
+        self,
+        request: GenerationRequest,
+        outputs: list[Any],
+        timeout_s: float,
+        request_id: str,
+        on_partial: OnPartial | None,
     ) -> Any:
-        """The one response to `request` sent over a gRPC stream (the stream stays open until
-        it arrives; cancelling this coroutine cancels the stream, and so the request)."""
+        """The answer to `request` sent over a gRPC stream, after its previews (each passed to
+        `on_partial`). The stream stays open until the answer arrives; cancelling this
+        coroutine cancels the stream, and so the request."""
         answered = asyncio.Event()
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
@@ -233,7 +249,11 @@ class Backend:
             async for result, error in responses:
                 if error is not None:
                     raise error
-                return result
+                answer = generated(result)
+                if answer.partial_index == triton.FINAL_INDEX:
+                    return result
+                if on_partial is not None:
+                    on_partial(answer)
         except grpc.RpcError as error:
             code, details = error.code(), error.details()
             raise InferenceServerException(msg=str(details), status=str(code)) from error

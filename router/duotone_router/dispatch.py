@@ -33,6 +33,7 @@ from duotone_router.backends import (
     BackendError,
     Failure,
     Generated,
+    OnPartial,
     TierPool,
     close_when_idle,
 )
@@ -100,6 +101,19 @@ class TierState:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A preview of a streamed request, with the route and the request as its tier runs it."""
+
+    route: Route
+    tier: TierName
+    request: GenerationRequest
+    partial: Generated
+
+
+OnPreview = Callable[[Preview], None]
+
+
+@dataclass(frozen=True)
 class Served:
     """A request's images, the route that served them and the request as that tier ran it."""
 
@@ -139,6 +153,15 @@ _FAILURES: Mapping[Failure, tuple[Reason, str]] = {
 went wrong, never a pod address, a gRPC status or the model's exception text (those go to the
 log with the request id); a refused input (422) keeps the model's message, which names the
 field to fix."""
+
+
+def _previews_of(
+    on_preview: OnPreview, route: Route, tier: TierName, request: GenerationRequest
+) -> OnPartial:
+    def relay(partial: Generated) -> None:
+        on_preview(Preview(route, tier, request, partial))
+
+    return relay
 
 
 def backend_refusal(tier: TierName, error: BackendError) -> Refused:
@@ -298,10 +321,12 @@ class Dispatcher:
         admit: Admit | None = None,
         edit: EditImages | None = None,
         priority: int = 0,
+        on_preview: OnPreview | None = None,
     ) -> Served:
         """Route (within the tiers `allowed` to the client's key), check limits, charge the
         request's cost (`admit`, once, for the first tier that serves it), call a pod. `edit`:
-        an edit's decoded files; `priority`: its admission priority in a step-batched tier.
+        an edit's decoded files; `priority`: its admission priority in a step-batched tier;
+        `on_preview`: gets a streamed request's previews (a retried call sends them again).
         Raises Refused."""
         route = self._route(parsed, allowed)
         unserved = (Reason.TIER_NOT_SERVED, Reason.TIER_NOT_ALLOWED)
@@ -331,9 +356,10 @@ class Dispatcher:
             self.metrics.routes.labels(tier, route.kind).inc()
             if route.kind == "overflow":
                 self.metrics.overflows.labels(chosen, tier).inc()
+            on_partial = _previews_of(on_preview, route, tier, prepared) if on_preview else None
             try:
                 result = await self._call_tier(
-                    tier, dataclasses.replace(prepared, priority=priority), request_id
+                    tier, dataclasses.replace(prepared, priority=priority), request_id, on_partial
                 )
             except BackendError as error:
                 if error.failure is not Failure.QUEUE_FULL or attempt == 1:
@@ -361,13 +387,19 @@ class Dispatcher:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call_tier(
-        self, tier: TierName, request: GenerationRequest, request_id: str
+        self,
+        tier: TierName,
+        request: GenerationRequest,
+        request_id: str,
+        on_partial: OnPartial | None = None,
     ) -> Generated:
         deadline_s = self.table.tiers[tier].request_timeout_ms / 1000
         calling: list[Backend] = []
         try:
             async with asyncio.timeout(deadline_s):
-                return await self._call_pods(tier, request, request_id, deadline_s, calling)
+                return await self._call_pods(
+                    tier, request, request_id, deadline_s, calling, on_partial=on_partial
+                )
         except TimeoutError as error:
             if calling:  # the deadline passed while a pod held the request
                 self._observe(tier, calling[-1], Outcome.TIMEOUT)
@@ -409,6 +441,8 @@ class Dispatcher:
         request_id: str,
         deadline_s: float,
         calling: list[Backend],
+        *,
+        on_partial: OnPartial | None = None,
     ) -> Generated:
         """Call the least loaded pod; after a failure in RETRIED, once more on another pod that
         is available now (without waiting), else the first failure stands."""
@@ -445,6 +479,7 @@ class Dispatcher:
                     timeout_s=remaining,
                     request_id=request_id,
                     stream=self._stepped(tier),
+                    on_partial=on_partial,
                 )
             except BackendError as error:
                 calling.pop()

@@ -16,7 +16,13 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from duotone_contracts.api.v1alpha1 import TIER_NAMES, TierName
-from duotone_contracts.limits import GenerationRequest, RawRequest, RequestError, validate_request
+from duotone_contracts.limits import (
+    MAX_PARTIAL_IMAGES,
+    GenerationRequest,
+    RawRequest,
+    RequestError,
+    validate_request,
+)
 from duotone_contracts.routing_table import TierRoute
 from duotone_router.edits import EditImages
 from duotone_router.policy.reasons import Reason, Refused
@@ -70,9 +76,18 @@ class ImagesRequest(BaseModel):
     moderation: Literal["auto", "low"] | None = Field(
         None, description="Accepted; the endpoint's blocklist applies either way."
     )
-    stream: bool | None = Field(None, description="Streaming is not served yet: false only.")
+    stream: bool | None = Field(
+        None,
+        description="Answer as Server-Sent Events: partial_images previews, then the image "
+        "(one image per streamed request: n 1).",
+    )
     partial_images: int | None = Field(
-        None, ge=0, le=3, description="Previews while streaming (with stream only)."
+        None,
+        ge=0,
+        le=MAX_PARTIAL_IMAGES,
+        description="Previews while streaming, 0-3 (step-batched tiers send them; a request of "
+        "few steps, or one served by a request-batched tier, may get fewer). Ignored unless "
+        "stream is true.",
     )
     quality: Quality | None = Field(
         None, description="standard/low/medium -> efficient tier; hd/high -> flagship; auto."
@@ -263,11 +278,12 @@ def _check_supported(request: ImagesRequest) -> None:
             "(use opaque or auto)",
             param="background",
         )
-    if request.stream:
+    if request.stream and request.n is not None and request.n > 1:
         raise Refused(
             Reason.INVALID_VALUE,
-            "stream: streamed responses are not served yet; send stream false or leave it out",
-            param="stream",
+            f"n: a streamed request makes one image (its events carry no image index); send n 1 "
+            f"or stream false, not n {request.n}",
+            param="n",
         )
 
 
@@ -301,6 +317,7 @@ _FIELD_PARAMS = {
     "guidanceScale": "guidance_scale",
     "outputFormat": "output_format",
     "outputCompression": "output_compression",
+    "partialImages": "partial_images",
 }
 """The runtime's wire names -> this API's parameter names (the rest are the same)."""
 
@@ -351,6 +368,7 @@ def generation_request(
         strength=request.strength if isinstance(request, EditRequest) else None,
         image=None if edit is None else edit.image,
         mask=None if edit is None else edit.mask,
+        partial_images=request.partial_images if request.stream else None,
     )
     try:
         return validate_request(raw, tier.defaults, tier.limits, seed_if_missing=seed_if_missing)
@@ -399,6 +417,69 @@ def images_response(
         "size": f"{served.width}x{served.height}",
         "usage": usage(prompt_tokens, image_steps),
     }
+
+
+StreamKind = Literal["image_generation", "image_edit"]
+"""The prefix of a streamed answer's event types: generations or edits."""
+
+
+def _described(
+    created: int, served: GenerationRequest, tier: TierName, file: bytes
+) -> dict[str, Any]:
+    return {
+        "b64_json": base64.b64encode(file).decode("ascii"),
+        "background": "opaque",
+        "created_at": created,
+        "output_format": served.output_format,
+        "quality": TIER_QUALITY[tier],
+        "size": f"{served.width}x{served.height}",
+    }
+
+
+def partial_image_event(
+    kind: StreamKind,
+    created: int,
+    served: GenerationRequest,
+    tier: TierName,
+    file: bytes,
+    *,
+    index: int,
+) -> dict[str, Any]:
+    """A streamed preview (`<kind>.partial_image`): an approximate image of the denoising so far."""
+    return {
+        "type": f"{kind}.partial_image",
+        **_described(created, served, tier, file),
+        "partial_image_index": index,
+    }
+
+
+def completed_event(
+    kind: StreamKind,
+    created: int,
+    served: GenerationRequest,
+    tier: TierName,
+    file: bytes,
+    *,
+    prompt_tokens: int,
+    image_steps: int,
+) -> dict[str, Any]:
+    """A streamed answer's last event (`<kind>.completed`): the image and the usage."""
+    return {
+        "type": f"{kind}.completed",
+        **_described(created, served, tier, file),
+        "usage": usage(prompt_tokens, image_steps),
+    }
+
+
+def error_event(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A failure after a stream began: the error body of the status it would have had."""
+    return {"type": "error", **body}
+
+
+def sse(event: Mapping[str, Any]) -> bytes:
+    """One Server-Sent Event named by its `type`, its data one line of JSON."""
+    data = json.dumps(event, separators=(",", ":"))
+    return f"event: {event['type']}\ndata: {data}\n\n".encode()
 
 
 def models_response(tiers: Mapping[TierName, TierRoute], created: int) -> dict[str, Any]:
@@ -460,7 +541,16 @@ def _operation(operation_id: str, description: str, content: dict[str, Any]) -> 
                     DEGRADED_HEADER: {"schema": {"type": "string"}},
                 },
                 "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}}
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}},
+                    "text/event-stream": {
+                        "schema": {
+                            "type": "string",
+                            "description": "With stream true: `<kind>.partial_image` events "
+                            "(b64_json, partial_image_index), then one `<kind>.completed` event "
+                            "(b64_json, usage); kind is image_generation or image_edit. A "
+                            "failure after the first event is an `error` event.",
+                        }
+                    },
                 },
             },
             "400": _error(

@@ -8,10 +8,14 @@ import pytest
 
 from duotone_router.edits import EditImages
 from duotone_router.images import (
+    completed_event,
+    error_event,
     generation_request,
     images_response,
     parse_edit_request,
     parse_images_request,
+    partial_image_event,
+    sse,
     usage,
 )
 from duotone_router.policy.reasons import Refused
@@ -34,6 +38,9 @@ def body(**fields: object) -> bytes:
         pytest.param({"output_compression": 101}, "output_compression", id="compression > 100"),
         pytest.param({"partial_images": 4}, "partial_images", id="too many partial images"),
         pytest.param({"moderation": "none"}, "moderation", id="unknown moderation"),
+        pytest.param({"stream": True, "n": 2}, "n", id="several images streamed"),
+        pytest.param({"stream": "yes"}, "stream", id="stream not a boolean"),
+        pytest.param({"partial_images": -1}, "partial_images", id="negative partial images"),
     ],
 )
 def test_unsupported_values_are_refused_naming_the_field(
@@ -143,3 +150,49 @@ def test_the_response_says_what_was_made_and_its_usage() -> None:
         "output_tokens": 6,
         "total_tokens": 13,
     }
+
+
+def test_previews_are_asked_for_only_when_streaming() -> None:
+    def partials(**fields: object) -> int:
+        parsed = parse_images_request(body(**fields))
+        return generation_request(parsed, TIER, seed_if_missing=1).partial_images
+
+    assert partials(stream=True, partial_images=2) == 2
+    assert partials(stream=True) == 0
+    assert partials(partial_images=3) == 0
+    assert partials(stream=False, partial_images=3) == 0
+
+
+def test_streamed_events_have_openais_shape() -> None:
+    served = generation_request(
+        parse_images_request(body(output_format="webp", stream=True, partial_images=1)),
+        TIER,
+        seed_if_missing=1,
+    )
+    partial = partial_image_event("image_edit", 9, served, "efficient", b"p", index=0)
+    assert partial == {
+        "type": "image_edit.partial_image",
+        "b64_json": "cA==",
+        "background": "opaque",
+        "created_at": 9,
+        "output_format": "webp",
+        "quality": "medium",
+        "size": "64x64",
+        "partial_image_index": 0,
+    }
+    done = completed_event(
+        "image_generation", 10, served, "flagship", b"f", prompt_tokens=3, image_steps=4
+    )
+    assert done["type"] == "image_generation.completed"
+    assert done["b64_json"] == "Zg=="
+    assert done["usage"] == usage(3, 4)
+    assert "partial_image_index" not in done
+    assert (
+        sse(partial)
+        == b"event: image_edit.partial_image\ndata: "
+        + json.dumps(partial, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
+    error = error_event({"error": {"message": "m", "type": "t", "param": None, "code": "c"}})
+    assert error["type"] == "error"
+    assert error["error"]["code"] == "c"
