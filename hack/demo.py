@@ -143,7 +143,7 @@ async def streamed(
     raw = await client.images.with_raw_response.generate(**arguments)
     files: list[bytes] = []
     completed = None
-    async for event in await raw.parse():
+    async for event in raw.parse():
         files.append(base64.b64decode(event.b64_json))
         if event.type == "image_generation.completed":
             completed = event

@@ -96,8 +96,8 @@ class GenerationRequest:
     """Previews to send before the answer (a step-batched tier's streamed request)."""
 
     def values(self) -> dict[triton.InputSpec, Any]:
-        """Input -> value for every input, always: Triton batches only requests that send the
-        same set of inputs."""
+        """Input -> value for every input (but those `omitted_at_zero` that hold 0), always:
+        Triton batches only requests that send the same set of inputs."""
         return triton.input_values(self)
 
     @property

@@ -29,6 +29,10 @@ class InputSpec:
     description: str
     binary: bool = False
     """A TYPE_STRING input holding raw bytes rather than UTF-8 text."""
+    omitted_at_zero: bool = False
+    """Left out of a request that holds 0 (its default): a tier runtime released before the
+    input existed still serves every request that does not use it, and requests that do not
+    use it still batch together."""
 
     @property
     def attribute(self) -> str:
@@ -96,6 +100,7 @@ PARTIAL_IMAGES: Final = InputSpec(
     "TYPE_INT32",
     True,
     "previews to stream before the answer, 0-3 (step-batched tiers; others send none)",
+    omitted_at_zero=True,
 )
 
 INPUTS: Final[tuple[InputSpec, ...]] = (
@@ -141,6 +146,13 @@ OUTPUTS: Final[tuple[tuple[str, TritonType, int], ...]] = (
 )
 """Every output: name, type and its one dimension after the batch dimension."""
 
+
+def requested_outputs(*, previews: bool) -> tuple[str, ...]:
+    """The outputs a client asks for: PARTIAL_INDEX only with previews (a tier runtime released
+    before it existed refuses a request naming it)."""
+    return tuple(name for name, _, _ in OUTPUTS if previews or name != PARTIAL_INDEX)
+
+
 OUTPUT_FORMATS: Final = ("png", "jpeg", "webp")
 """Image file formats the model encodes (OUTPUT_FORMAT's values)."""
 
@@ -182,5 +194,7 @@ serve (HTTP 503, gRPC UNAVAILABLE): the request never ran, and the pod is being 
 
 
 def input_values(request: object) -> dict[InputSpec, Any]:
-    """Input -> the value of its attribute on `request` (any record with the inputs' names)."""
-    return {spec: getattr(request, spec.attribute) for spec in INPUTS}
+    """Input -> the value of its attribute on `request` (any record with the inputs' names),
+    without the inputs `omitted_at_zero` that hold 0."""
+    values = {spec: getattr(request, spec.attribute) for spec in INPUTS}
+    return {s: v for s, v in values.items() if not (s.omitted_at_zero and v == 0)}

@@ -188,7 +188,11 @@ class Backend:
         the RPC. `stream`: the tier's model is decoupled (step batching) and is called over a
         gRPC stream carrying this one request; the previews it sends before the answer go to
         `on_partial`."""
-        outputs = [grpcaio.InferRequestedOutput(name) for name, _, _ in triton.OUTPUTS]
+        previews = request.partial_images > 0
+        outputs = [
+            grpcaio.InferRequestedOutput(name)
+            for name in triton.requested_outputs(previews=previews)
+        ]
         self.outstanding += 1
         call = asyncio.ensure_future(
             self._streamed(request, outputs, timeout_s, request_id, on_partial)

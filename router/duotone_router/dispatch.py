@@ -472,8 +472,13 @@ class Dispatcher:
             calling.append(backend)
             try:
                 remaining = max(0.001, deadline_s - (self.clock() - started))
-                # The pod's step loop drops (or refuses) what cannot be answered in time.
-                sent = dataclasses.replace(request, deadline_ms=max(1, int(remaining * 1000)))
+                # The pod's step loop drops (or refuses) what cannot be answered in time; only
+                # it sends previews (a request-batched tier batches requests without them).
+                sent = dataclasses.replace(
+                    request,
+                    deadline_ms=max(1, int(remaining * 1000)),
+                    partial_images=request.partial_images if self._stepped(tier) else 0,
+                )
                 result = await backend.generate(
                     sent,
                     timeout_s=remaining,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from duotone_contracts import triton
 from duotone_contracts.api.v1alpha1 import RequestDefaults, RequestLimits
 from duotone_contracts.limits import GenerationRequest, RawRequest, RequestError, validate_request
 
@@ -217,3 +218,19 @@ def test_edits_can_be_turned_off_per_tier() -> None:
     assert validate_request(RawRequest("x"), DEFAULTS, closed, seed_if_missing=1).mode == (
         "generate"
     )
+
+
+def test_partial_images_are_checked_and_sent_only_when_asked_for() -> None:
+    """0-3 previews; a request without previews leaves PARTIAL_IMAGES out, so tier runtimes
+    from before it serve it and such requests batch together as before; only a client asking
+    for previews asks for PARTIAL_INDEX back."""
+    with pytest.raises(RequestError) as error:
+        check(RawRequest("x", partial_images=4))
+    assert str(error.value) == "partialImages: 4 must be between 0 and 3"
+    plain = check(RawRequest("x"))
+    streamed = check(RawRequest("x", partial_images=2))
+    assert triton.PARTIAL_IMAGES not in plain.values()
+    assert streamed.values()[triton.PARTIAL_IMAGES] == 2
+    assert set(streamed.values()) - set(plain.values()) == {triton.PARTIAL_IMAGES}
+    assert triton.PARTIAL_INDEX not in triton.requested_outputs(previews=False)
+    assert triton.requested_outputs(previews=True) == tuple(n for n, _, _ in triton.OUTPUTS)
