@@ -241,8 +241,15 @@ class PipelineRunner:
         """Whether this model can serve requests of `mode` ("generate", "image", "inpaint")."""
         return mode == "generate" or self.edit_pipelines.get(mode) is not None
 
-    def run(self, shape: ShapeKey, requests: Sequence[GenerationRequest]) -> CallResult:
-        """Generate every image of `requests` (all of `shape`) in one pipeline call."""
+    def run(
+        self,
+        shape: ShapeKey,
+        requests: Sequence[GenerationRequest],
+        on_step: Callable[[int, Any], None] | None = None,
+    ) -> CallResult:
+        """Generate every image of `requests` (all of `shape`) in one pipeline call; `on_step`
+        gets the steps done and the latents after each denoising step (read them, do not
+        change them)."""
         prompts: list[str] = []
         negatives: list[str] = []
         generators: list[torch.Generator] = []
@@ -285,6 +292,16 @@ class PipelineRunner:
                     "width": shape.width,
                     "height": shape.height,
                 }
+        if on_step is not None:
+
+            def step_ended(_pipe: Any, index: int, _t: Any, tensors: dict[str, Any]) -> Any:
+                on_step(index + 1, tensors["latents"])
+                return tensors
+
+            arguments |= {
+                "callback_on_step_end": step_ended,
+                "callback_on_step_end_tensor_inputs": ["latents"],
+            }
         self.clock.take()
         started = time.perf_counter()
         output = pipeline(**arguments)

@@ -51,11 +51,16 @@ class Finished:
     """Seconds spent in each stage (`execution.STAGES`) on this request's behalf."""
 
 
+PreviewSink = Callable[[int, Callable[[], list[bytes]]], None]
+"""Takes a preview's index and the function that renders its files."""
+
+
 class Stepper(Protocol[State]):
     """Computes requests step by step."""
 
-    def start(self, request: GenerationRequest) -> State:
-        """Prepare a request to join the running batch (encode its prompt, draw its noise)."""
+    def start(self, request: GenerationRequest, on_preview: PreviewSink | None = None) -> State:
+        """Prepare a request to join the running batch (encode its prompt, draw its noise). A
+        request it runs whole, here, hands its previews to `on_preview` as they come."""
         ...
 
     def steps_left(self, state: State) -> int:
@@ -255,13 +260,13 @@ class StepLoop(Generic[State]):
         for key in plan.admit:
             entry = by_key[key]
             self.queued.remove(entry)
+            entry.previews = preview_steps(entry.request.steps_run(), entry.request.partial_images)
             try:
-                entry.state = self.stepper.start(entry.request)
+                entry.state = self.stepper.start(entry.request, self._preview_sink(entry))
             except Exception as error:  # one request's failure must not stop the loop
                 self._refuse(entry, Refusal.FAILED, _failure(error))
                 continue
             entry.joined_at_step = self.steps
-            entry.previews = preview_steps(entry.request.steps_run(), entry.request.partial_images)
             self.running.append(entry)
             self.events.admitted(entry, self.clock())
         self._answer_finished()
@@ -313,6 +318,15 @@ class StepLoop(Generic[State]):
             work(*args)
         else:
             self.finisher.submit(work, *args)
+
+    def _preview_sink(self, entry: Entry[State]) -> PreviewSink | None:
+        if not entry.previews:
+            return None
+
+        def sink(index: int, render: Callable[[], list[bytes]]) -> None:
+            self._hand_over(self._send_preview, entry, index, render)
+
+        return sink
 
     def _preview_of(self, state: State) -> Callable[[], list[bytes]] | None:
         try:

@@ -18,6 +18,8 @@ denoised latents (`pred_original_sample`, the noisy latents when the scheduler g
 projected to RGB by a fixed linear map (`LATENT_RGB_FACTORS`) and enlarged to the image's size:
 a few thousand multiply-adds per latent pixel instead of a VAE decode, approximate by design.
 Taking one reads the state and changes nothing, so the answer is the same with or without.
+A request run as one call (below) gets its previews from the pipeline's step callback, while
+the call runs, of its latents as they are (the pipeline exposes no denoised estimate).
 
 Requests the loop cannot take apart run as one whole pipeline call when they are admitted
 (between two steps): edits (image-to-image and inpainting) and pipelines outside the family
@@ -41,7 +43,8 @@ from PIL import Image
 from duotone_contracts.limits import GenerationRequest
 from duotone_runtime.batching import ShapeKey
 from duotone_runtime.execution import CallResult, PipelineRunner, to_pixels
-from duotone_runtime.step_loop import Finished
+from duotone_runtime.step_loop import Finished, PreviewSink
+from duotone_runtime.step_policy import preview_steps
 
 LATENT_RGB_FACTORS = (
     (0.3512, 0.2297, 0.3227),
@@ -120,13 +123,16 @@ class PipelineStepper:
         self.pipeline = runner.pipeline
         self.stepwise = steps_by_step(self.pipeline)
 
-    def start(self, request: GenerationRequest) -> RequestState:
+    def start(
+        self, request: GenerationRequest, on_preview: PreviewSink | None = None
+    ) -> RequestState:
         guided = request.guidance_scale > 1.0
         state = RequestState(request, guided)
         if request.mode != "generate" or not self.stepwise:
             if not self.runner.supports(request.mode):
                 raise ValueError(f"this model cannot serve {request.mode} edits")
-            state.whole = self.runner.run(ShapeKey.of(request), [request])
+            on_step = None if on_preview is None else self._whole_previews(request, on_preview)
+            state.whole = self.runner.run(ShapeKey.of(request), [request], on_step)
             return state
         pipeline = self.pipeline
         device = self.runner.device
@@ -207,16 +213,30 @@ class PipelineStepper:
         """A preview of `state` now: its latents are taken here (the next step replaces them,
         it does not change them in place), rendered and encoded when called."""
         latents = state.latents if state.denoised is None else state.denoised
-        request = state.request
         if latents is None:
             raise ValueError("a request run as one call has no steps to preview")
+        return self._render(latents, state.request)
 
+    def _render(self, latents: Any, request: GenerationRequest) -> Callable[[], list[bytes]]:
         def render() -> list[bytes]:
             pixels = latent_preview(latents, request.width, request.height)
             formats = [(request.output_format, request.output_compression)] * len(pixels)
             return self.runner.encode(pixels, formats)
 
         return render
+
+    def _whole_previews(
+        self, request: GenerationRequest, on_preview: PreviewSink
+    ) -> Callable[[int, Any], None]:
+        """A whole call's step callback handing `on_preview` its previews while it runs (of the
+        latents themselves: the pipeline gives no denoised estimate)."""
+        due = preview_steps(request.steps_run(), request.partial_images)
+
+        def on_step(done: int, latents: Any) -> None:
+            if done in due:
+                on_preview(due.index(done), self._render(latents.detach().clone(), request))
+
+        return on_step
 
     def finish(self, states: Sequence[RequestState]) -> list[Finished]:
         """Decode the finished requests, one VAE call per image size, then encode every file

@@ -196,3 +196,25 @@ def test_a_preview_is_one_file_per_image() -> None:
     assert set(np.unique(pixels).tolist()) == {128}
     bright = latent_preview(torch.full((1, 4, 8, 8), -1.0), 64, 64)
     assert bright[0, 0, 0].tolist() != [128, 128, 128]
+
+
+def test_an_edit_run_whole_sends_its_previews_while_it_runs(runner: PipelineRunner) -> None:
+    """An edit (one pipeline call in the loop) gets its previews from the call's step callback,
+    before its answer, and the answer is the call's bytes without previews."""
+    size = 64
+    image = bytes(range(256)) * (size * size * 3 // 256)
+    edit = GenerationRequest(
+        "edit it", "", 8, 0.0, size, size, 5, 1, strength=0.5, image=image, partial_images=2
+    )
+    events = Collect()
+    loop = new_loop(runner, events)
+    submit(loop, "edit", edit)
+    run_loop(loop)
+    # 4 of 8 steps run (strength 0.5): previews after steps 1 and 3.
+    assert [(h, i) for h, i, _, _ in events.previews] == [("edit", 0), ("edit", 1)]
+    assert events.order == [("edit", "preview"), ("edit", "preview"), ("edit", "answer")]
+    first, second = (files[0] for *_, files in events.previews)
+    assert first != second
+    assert Image.open(io.BytesIO(first)).size == (64, 64)
+    plain = GenerationRequest("edit it", "", 8, 0.0, size, size, 5, 1, strength=0.5, image=image)
+    assert events.answers["edit"].files == whole(runner, plain)

@@ -39,7 +39,11 @@ class FakeStepper:
     fail_on: str | None = None
     finished_together: list[list[str]] = field(default_factory=list)
 
-    def start(self, request: GenerationRequest) -> FakeState:
+    def start(
+        self,
+        request: GenerationRequest,
+        on_preview: Callable[[int, Callable[[], list[bytes]]], None] | None = None,  # noqa: ARG002
+    ) -> FakeState:
         return FakeState(request, request.steps)
 
     def steps_left(self, state: FakeState) -> int:
