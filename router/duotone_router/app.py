@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from duotone_router.keys import ApiKeys, load_api_keys
 from duotone_router.metrics import RouterMetrics
 from duotone_router.policy.moderation import Blocklist, ModerationCheck
 from duotone_router.policy.reasons import Reason, Refused
-from duotone_router.policy.routing import Route
 from duotone_router.responses import (
     ON_INTERNAL_ERROR,
     REQUEST_ID_KEY,
@@ -52,8 +52,19 @@ CLIENT_REQUEST_ID_HEADER = "X-Client-Request-Id"
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 KEY_NAME_KEY = "duotone_key"
 """Where a handler keeps the caller's key name on the request (for the safety net's count)."""
-SERVING_TIER_KEY = "duotone_serving_tier"
+SERVING_TIER_KEY: web.RequestKey[str] = web.RequestKey("duotone_serving_tier", str)
 """Where a streamed request keeps the tier serving it once its stream began (for its counts)."""
+
+
+def route_headers(served: Served | Preview) -> dict[str, str]:
+    """The headers that say which tier serves a request and how it got there."""
+    return {
+        images.TIER_HEADER: served.tier,
+        images.DEGRADED_HEADER: "true" if served.route.degraded else "false",
+        images.ROUTE_HEADER: served.route.kind,
+    }
+
+
 DRAIN_MARGIN_S = 5.0
 """After SIGTERM: how long beyond the longest tier deadline in-flight requests may take."""
 
@@ -265,17 +276,8 @@ class Router:
                 request.headers.get(guards.PRIORITY_HEADER), self.table.key_priorities.get(key, 0)
             )
             parsed, edit = await parse(key, admit)
-            if parsed.stream:
-                return await self._stream(
-                    request,
-                    parsed,
-                    edit,
-                    key=key,
-                    priority=priority,
-                    headers=headers,
-                    started=started,
-                )
-            served = await self.dispatcher.dispatch(
+            dispatch = functools.partial(
+                self.dispatcher.dispatch,
                 parsed,
                 request_id,
                 allowed=self._allowed_tiers(key),
@@ -283,8 +285,12 @@ class Router:
                 edit=edit,
                 priority=priority,
             )
+            if parsed.stream:
+                kind: images.StreamKind = "image_edit" if edit is not None else "image_generation"
+                events = _EventStream(request, headers, kind)
+                return await self._stream(events, dispatch, key=key, started=started)
+            served = await dispatch()
             tier = served.tier
-            self.dispatcher.record_latency(served.tier, self.clock() - started)
             result = served.generated
             answer = images.images_response(
                 int(time.time()),
@@ -294,15 +300,8 @@ class Router:
                 prompt_tokens=result.prompt_tokens,
                 image_steps=result.image_steps,
             )
-            self.metrics.usage_tokens.labels(tier, key, "input").inc(result.prompt_tokens)
-            self.metrics.usage_tokens.labels(tier, key, "output").inc(result.image_steps)
-            headers |= {
-                images.TIER_HEADER: served.tier,
-                images.DEGRADED_HEADER: "true" if served.route.degraded else "false",
-                images.ROUTE_HEADER: served.route.kind,
-            }
-            self.metrics.requests.labels(tier, "200", key).inc()
-            return web.json_response(answer, headers=headers)
+            self._count_served(served, key, started)
+            return web.json_response(answer, headers=headers | route_headers(served))
         except Refused as refused:
             response = error_response(refused, request_id)
             response.headers.update({k: v for k, v in headers.items() if k not in response.headers})
@@ -321,13 +320,10 @@ class Router:
 
     async def _stream(
         self,
-        request: web.Request,
-        parsed: images.ImagesRequest,
-        edit: EditImages | None,
+        events: _EventStream,
+        dispatch: Callable[..., Coroutine[Any, Any, Served]],
         *,
         key: str,
-        priority: int,
-        headers: dict[str, str],
         started: float,
     ) -> web.StreamResponse:
         """A streamed request (`stream: true`): Server-Sent Events, the previews as they come,
@@ -335,35 +331,19 @@ class Router:
         refusal or failure before any preview is answered as JSON, like an unstreamed one;
         after one, it ends the stream as an `error` event. A client that hangs up cancels the
         call, so its tier stops computing it at the next step."""
-        events = _EventStream(
-            request, headers, "image_edit" if edit is not None else "image_generation"
-        )
-        call = asyncio.create_task(
-            self.dispatcher.dispatch(
-                parsed,
-                request[REQUEST_ID_KEY],
-                allowed=self._allowed_tiers(key),
-                admit=self._charge(key) if self.keys is not None else None,
-                edit=edit,
-                priority=priority,
-                on_preview=events.arrive,
-            )
-        )
+        call = asyncio.create_task(dispatch(on_preview=events.arrive))
         try:
             await events.relay_until_done(call)
             try:
                 served = call.result()
             except Refused as refused:
-                status = await events.fail(refused)  # raises it again before any event
-                self.metrics.requests.labels(events.tier, str(status), key).inc()
-                return events.stream_or_fail()
-            self.dispatcher.record_latency(served.tier, self.clock() - started)
-            result = served.generated
-            await events.complete(served)
-            self.metrics.usage_tokens.labels(served.tier, key, "input").inc(result.prompt_tokens)
-            self.metrics.usage_tokens.labels(served.tier, key, "output").inc(result.image_steps)
-            self.metrics.requests.labels(served.tier, "200", key).inc()
-            return events.stream_or_fail()
+                stream, status = await events.fail(refused)  # raises it before any event
+                tier = events.request.get(SERVING_TIER_KEY, "none")
+                self.metrics.requests.labels(tier, str(status), key).inc()
+                return stream
+            stream = await events.complete(served)
+            self._count_served(served, key, started)
+            return stream
         except ConnectionResetError as error:
             # The client hung up between two events: as if it had while the request waited.
             raise asyncio.CancelledError from error
@@ -372,6 +352,14 @@ class Router:
                 call.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Refused):
                     await call
+
+    def _count_served(self, served: Served, key: str, started: float) -> None:
+        """A request answered with its images: its latency, its usage and its 200."""
+        self.dispatcher.record_latency(served.tier, self.clock() - started)
+        result = served.generated
+        self.metrics.usage_tokens.labels(served.tier, key, "input").inc(result.prompt_tokens)
+        self.metrics.usage_tokens.labels(served.tier, key, "output").inc(result.image_steps)
+        self.metrics.requests.labels(served.tier, "200", key).inc()
 
     def _allowed_tiers(self, key: str) -> frozenset[TierName] | None:
         """The tiers `key` may use (None: every tier)."""
@@ -448,7 +436,6 @@ class _EventStream:
         self.headers = headers
         self.kind: images.StreamKind = kind
         self.stream: web.StreamResponse | None = None
-        self.tier = "none"
         self.sent = -1
         """The highest preview index sent (a call retried on another pod sends them again)."""
         self._waiting: list[Preview] = []
@@ -479,7 +466,7 @@ class _EventStream:
         partial = preview.partial
         if partial.partial_index <= self.sent or not partial.files:
             return
-        stream = await self._begin(preview.tier, preview.route)
+        stream = await self._begin(preview)
         event = images.partial_image_event(
             self.kind,
             int(time.time()),
@@ -491,26 +478,23 @@ class _EventStream:
         await stream.write(images.sse(event))
         self.sent = partial.partial_index
 
-    async def _begin(self, tier: TierName, route: Route) -> web.StreamResponse:
+    async def _begin(self, serving: Served | Preview) -> web.StreamResponse:
         if self.stream is None:
-            self.tier = tier
-            self.request[SERVING_TIER_KEY] = tier
+            self.request[SERVING_TIER_KEY] = serving.tier
             self.stream = web.StreamResponse(
                 headers={
                     **self.headers,
                     "Content-Type": "text/event-stream",
                     "Cache-Control": "no-cache",
-                    images.TIER_HEADER: tier,
-                    images.DEGRADED_HEADER: "true" if route.degraded else "false",
-                    images.ROUTE_HEADER: route.kind,
+                    **route_headers(serving),
                 }
             )
             await self.stream.prepare(self.request)
         return self.stream
 
-    async def complete(self, served: Served) -> None:
+    async def complete(self, served: Served) -> web.StreamResponse:
         """The answer's event, and the end of the stream."""
-        stream = await self._begin(served.tier, served.route)
+        stream = await self._begin(served)
         result = served.generated
         event = images.completed_event(
             self.kind,
@@ -523,20 +507,17 @@ class _EventStream:
         )
         await stream.write(images.sse(event))
         await stream.write_eof()
+        return stream
 
-    async def fail(self, refused: Refused) -> int:
-        """End a begun stream with the refusal as an `error` event; returns the status it
-        stands for. Before any event, raises the refusal (answered as JSON)."""
+    async def fail(self, refused: Refused) -> tuple[web.StreamResponse, int]:
+        """End a begun stream with the refusal as an `error` event; returns it and the status
+        the refusal stands for. Before any event, raises the refusal (answered as JSON)."""
         if self.stream is None:
             raise refused
         answer = error_answer(refused, self.request[REQUEST_ID_KEY])
         await self.stream.write(images.sse(images.error_event(answer.body)))
         await self.stream.write_eof()
-        return answer.status
-
-    def stream_or_fail(self) -> web.StreamResponse:
-        assert self.stream is not None
-        return self.stream
+        return self.stream, answer.status
 
 
 def build_app(router: Router) -> web.Application:

@@ -197,13 +197,7 @@ class Backend:
         call = asyncio.ensure_future(
             self._streamed(request, outputs, timeout_s, request_id, on_partial)
             if stream
-            else self.client.infer(
-                triton.DEFAULT_MODEL_NAME,
-                infer_inputs(request),
-                outputs=outputs,
-                request_id=request_id,
-                client_timeout=timeout_s,
-            )
+            else self._unary(request, outputs, timeout_s, request_id)
         )
         self._calls.add(call)
         try:
@@ -224,6 +218,18 @@ class Backend:
             self._calls.discard(call)
             self._abandoned.discard(call)
             self.outstanding -= 1
+        return result
+
+    async def _unary(
+        self, request: GenerationRequest, outputs: list[Any], timeout_s: float, request_id: str
+    ) -> Generated:
+        result = await self.client.infer(
+            triton.DEFAULT_MODEL_NAME,
+            infer_inputs(request),
+            outputs=outputs,
+            request_id=request_id,
+            client_timeout=timeout_s,
+        )
         return generated(result)
 
     async def _streamed(
@@ -233,7 +239,7 @@ class Backend:
         timeout_s: float,
         request_id: str,
         on_partial: OnPartial | None,
-    ) -> Any:
+    ) -> Generated:
         """The answer to `request` sent over a gRPC stream, after its previews (each passed to
         `on_partial`). The stream stays open until the answer arrives; cancelling this
         coroutine cancels the stream, and so the request."""
@@ -255,7 +261,7 @@ class Backend:
                     raise error
                 answer = generated(result)
                 if answer.partial_index == triton.FINAL_INDEX:
-                    return result
+                    return answer
                 if on_partial is not None:
                     on_partial(answer)
         except grpc.RpcError as error:

@@ -447,6 +447,7 @@ class Dispatcher:
         """Call the least loaded pod; after a failure in RETRIED, once more on another pod that
         is available now (without waiting), else the first failure stands."""
         state = self.tiers[tier]
+        stepped = self._stepped(tier)
         started = self.clock()
         failed: BackendError | None = None
         while True:
@@ -477,13 +478,13 @@ class Dispatcher:
                 sent = dataclasses.replace(
                     request,
                     deadline_ms=max(1, int(remaining * 1000)),
-                    partial_images=request.partial_images if self._stepped(tier) else 0,
+                    partial_images=request.partial_images if stepped else 0,
                 )
                 result = await backend.generate(
                     sent,
                     timeout_s=remaining,
                     request_id=request_id,
-                    stream=self._stepped(tier),
+                    stream=stepped,
                     on_partial=on_partial,
                 )
             except BackendError as error:

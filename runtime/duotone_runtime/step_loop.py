@@ -52,7 +52,8 @@ class Finished:
 
 
 PreviewSink = Callable[[int, Callable[[], list[bytes]]], None]
-"""Takes a preview's index and the function that renders its files."""
+"""Takes the steps a request run whole has done and the function that would render a preview
+of it now; sends it if one is due then."""
 
 
 class Stepper(Protocol[State]):
@@ -60,7 +61,7 @@ class Stepper(Protocol[State]):
 
     def start(self, request: GenerationRequest, on_preview: PreviewSink | None = None) -> State:
         """Prepare a request to join the running batch (encode its prompt, draw its noise). A
-        request it runs whole, here, hands its previews to `on_preview` as they come."""
+        request it runs whole, here, is offered to `on_preview` after each step."""
         ...
 
     def steps_left(self, state: State) -> int:
@@ -306,10 +307,9 @@ class StepLoop(Generic[State]):
             self.events.stepped(sum(e.request.num_images for e in stepping), seconds)
             for entry in stepping:
                 if entry.steps_done in entry.previews and entry.state is not None:
-                    index = entry.previews.index(entry.steps_done)
                     render = self._preview_of(entry.state)
                     if render is not None:
-                        self._hand_over(self._send_preview, entry, index, render)
+                        self._offer_preview(entry, entry.steps_done, render)
         self._answer_finished()
 
     def _hand_over(self, work: Callable[..., None], *args: Any) -> None:
@@ -323,10 +323,18 @@ class StepLoop(Generic[State]):
         if not entry.previews:
             return None
 
-        def sink(index: int, render: Callable[[], list[bytes]]) -> None:
-            self._hand_over(self._send_preview, entry, index, render)
+        def sink(steps_done: int, render: Callable[[], list[bytes]]) -> None:
+            self._offer_preview(entry, steps_done, render)
 
         return sink
+
+    def _offer_preview(
+        self, entry: Entry[State], steps_done: int, render: Callable[[], list[bytes]]
+    ) -> None:
+        """Send the preview after `steps_done` steps if one is due then (on the finisher)."""
+        if steps_done in entry.previews:
+            index = entry.previews.index(steps_done)
+            self._hand_over(self._send_preview, entry, index, render)
 
     def _preview_of(self, state: State) -> Callable[[], list[bytes]] | None:
         try:

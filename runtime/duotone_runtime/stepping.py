@@ -19,7 +19,8 @@ projected to RGB by a fixed linear map (`LATENT_RGB_FACTORS`) and enlarged to th
 a few thousand multiply-adds per latent pixel instead of a VAE decode, approximate by design.
 Taking one reads the state and changes nothing, so the answer is the same with or without.
 A request run as one call (below) gets its previews from the pipeline's step callback, while
-the call runs, of its latents as they are (the pipeline exposes no denoised estimate).
+the call runs, of its latents as they are (the pipeline exposes no denoised estimate; like the
+stepped latents, each step's are a new tensor, so holding them is a snapshot).
 
 Requests the loop cannot take apart run as one whole pipeline call when they are admitted
 (between two steps): edits (image-to-image and inpainting) and pipelines outside the family
@@ -44,7 +45,6 @@ from duotone_contracts.limits import GenerationRequest
 from duotone_runtime.batching import ShapeKey
 from duotone_runtime.execution import CallResult, PipelineRunner, to_pixels
 from duotone_runtime.step_loop import Finished, PreviewSink
-from duotone_runtime.step_policy import preview_steps
 
 LATENT_RGB_FACTORS = (
     (0.3512, 0.2297, 0.3227),
@@ -131,7 +131,12 @@ class PipelineStepper:
         if request.mode != "generate" or not self.stepwise:
             if not self.runner.supports(request.mode):
                 raise ValueError(f"this model cannot serve {request.mode} edits")
-            on_step = None if on_preview is None else self._whole_previews(request, on_preview)
+            on_step = None
+            if on_preview is not None:
+
+                def on_step(done: int, latents: Any) -> None:
+                    on_preview(done, self._render(latents, request))
+
             state.whole = self.runner.run(ShapeKey.of(request), [request], on_step)
             return state
         pipeline = self.pipeline
@@ -218,25 +223,14 @@ class PipelineStepper:
         return self._render(latents, state.request)
 
     def _render(self, latents: Any, request: GenerationRequest) -> Callable[[], list[bytes]]:
+        """Renders a preview of `latents` (taken as they are now) when called."""
+
         def render() -> list[bytes]:
             pixels = latent_preview(latents, request.width, request.height)
             formats = [(request.output_format, request.output_compression)] * len(pixels)
             return self.runner.encode(pixels, formats)
 
         return render
-
-    def _whole_previews(
-        self, request: GenerationRequest, on_preview: PreviewSink
-    ) -> Callable[[int, Any], None]:
-        """A whole call's step callback handing `on_preview` its previews while it runs (of the
-        latents themselves: the pipeline gives no denoised estimate)."""
-        due = preview_steps(request.steps_run(), request.partial_images)
-
-        def on_step(done: int, latents: Any) -> None:
-            if done in due:
-                on_preview(due.index(done), self._render(latents.detach().clone(), request))
-
-        return on_step
 
     def finish(self, states: Sequence[RequestState]) -> list[Finished]:
         """Decode the finished requests, one VAE call per image size, then encode every file
