@@ -30,7 +30,9 @@ REQUEST = {"prompt": "drain", "tier": "efficient"}
 
 def _refuses_connections(url: str) -> bool:
     """No new connection is served: refused, or reset when the listener closed with the
-    connection still in its backlog (the race of a probe with the close itself)."""
+    connection still in its backlog (the race of a probe with the close itself). A probe that
+    times out proves nothing either way (a connection the closing listener took but never
+    answered, or a slow machine): False, and the caller probes again."""
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310 - loopback
             return False
@@ -38,6 +40,8 @@ def _refuses_connections(url: str) -> bool:
         return isinstance(error.reason, ConnectionRefusedError | ConnectionResetError)
     except (ConnectionRefusedError, ConnectionResetError):
         return True
+    except TimeoutError:
+        return False
 
 
 def _in_flight(router: LocalRouter) -> float:
