@@ -143,7 +143,9 @@ class LoopEvents(Protocol):
 
     def stepped(self, images: int, seconds: float) -> None: ...
 
-    def previewed(self, entry: Entry[Any], index: int, files: list[bytes]) -> None: ...
+    def previewed(self, entry: Entry[Any], index: int, steps_done: int, files: list[bytes]) -> None:
+        """Send preview `index` of `entry`, taken after `steps_done` of its steps."""
+        ...
 
 
 class StepLoop(Generic[State]):
@@ -334,7 +336,7 @@ class StepLoop(Generic[State]):
         """Send the preview after `steps_done` steps if one is due then (on the finisher)."""
         if steps_done in entry.previews:
             index = entry.previews.index(steps_done)
-            self._hand_over(self._send_preview, entry, index, render)
+            self._hand_over(self._send_preview, entry, index, steps_done, render)
 
     def _preview_of(self, state: State) -> Callable[[], list[bytes]] | None:
         try:
@@ -343,7 +345,7 @@ class StepLoop(Generic[State]):
             return None
 
     def _send_preview(
-        self, entry: Entry[State], index: int, render: Callable[[], list[bytes]]
+        self, entry: Entry[State], index: int, steps_done: int, render: Callable[[], list[bytes]]
     ) -> None:
         try:
             files = render()
@@ -351,7 +353,7 @@ class StepLoop(Generic[State]):
             return
         with self._answering:
             if not entry.closed:
-                self.events.previewed(entry, index, files)
+                self.events.previewed(entry, index, steps_done, files)
 
     def _refuse(self, entry: Entry[State], refusal: Refusal, message: str) -> None:
         with self._answering:

@@ -434,11 +434,10 @@ class _LoopEvents:
             entry.handle, _outputs(finished.files, finished.prompt_tokens, finished.image_steps)
         )
 
-    def previewed(self, entry: Entry[Any], index: int, files: list[bytes]) -> None:
+    def previewed(self, entry: Entry[Any], index: int, steps_done: int, files: list[bytes]) -> None:
         if self.is_cancelled(entry.handle):
             return  # the client went away: the loop drops it before the next step
-        steps = entry.steps_done * entry.request.num_images
-        entry.handle.send(_outputs(files, 0, steps, index))
+        entry.handle.send(_outputs(files, 0, steps_done * entry.request.num_images, index))
         self.metrics.partial_images.increment(float(len(files)))
 
     def refused(self, entry: Entry[Any], refusal: Refusal, message: str) -> None:

@@ -42,8 +42,8 @@ class Collect:
         self.answers[entry.handle] = finished
         self.order.append((entry.handle, "answer"))
 
-    def previewed(self, entry: Entry[Any], index: int, files: list[bytes]) -> None:
-        self.previews.append((entry.handle, index, entry.steps_done, files))
+    def previewed(self, entry: Entry[Any], index: int, steps_done: int, files: list[bytes]) -> None:
+        self.previews.append((entry.handle, index, steps_done, files))
         self.order.append((entry.handle, "preview"))
 
     def refused(self, entry: Entry[Any], refusal: Refusal, message: str) -> None:
@@ -211,7 +211,7 @@ def test_an_edit_run_whole_sends_its_previews_while_it_runs(runner: PipelineRunn
     submit(loop, "edit", edit)
     run_loop(loop)
     # 4 of 8 steps run (strength 0.5): previews after steps 1 and 3.
-    assert [(h, i) for h, i, _, _ in events.previews] == [("edit", 0), ("edit", 1)]
+    assert [(h, i, s) for h, i, s, _ in events.previews] == [("edit", 0, 1), ("edit", 1, 3)]
     assert events.order == [("edit", "preview"), ("edit", "preview"), ("edit", "answer")]
     first, second = (files[0] for *_, files in events.previews)
     assert first != second

@@ -77,6 +77,8 @@ class Events:
     batch_sizes: list[int] = field(default_factory=list)
     sent: list[str] = field(default_factory=list)
     """Everything sent to any handle, in order: previews as their file, answers as the prompt."""
+    preview_steps: list[int] = field(default_factory=list)
+    """The steps done each preview says it was taken after, in the order they were sent."""
 
     def is_cancelled(self, handle: Any) -> bool:
         return handle in self.cancelled
@@ -85,8 +87,9 @@ class Events:
         self.answers.append(entry.request.prompt)
         self.sent.append(entry.request.prompt)
 
-    def previewed(self, entry: Entry[Any], index: int, files: list[bytes]) -> None:  # noqa: ARG002
+    def previewed(self, entry: Entry[Any], index: int, steps_done: int, files: list[bytes]) -> None:  # noqa: ARG002
         self.sent.append(f"{index}:{files[0].decode()}")
+        self.preview_steps.append(steps_done)
 
     def refused(self, entry: Entry[Any], refusal: Refusal, message: str) -> None:  # noqa: ARG002
         self.refusals.append((entry.request.prompt, refusal, entry.steps_done))
@@ -308,6 +311,20 @@ def test_no_preview_is_sent_after_the_final_answer() -> None:
     assert events.refusals == [("a", Refusal.DEADLINE, 4)]
     finisher.run_all()
     assert events.sent == []
+
+
+def test_a_preview_sent_late_says_after_which_step_it_was_taken() -> None:
+    """The finisher fell behind while the loop went on stepping: each preview is still sent
+    with the steps done when it was taken, not those done when it left."""
+    finisher = LaterExecutor()
+    loop, _stepper, events = make_loop(finisher=finisher)
+    submit(loop, "a", 9, partial_images=2)
+    for _ in range(8):
+        loop.run_once()
+    assert len(finisher.waiting) == 2  # both previews wait; the loop is past step 6
+    finisher.run_all()
+    assert events.sent == ["0:a@3", "1:a@6"]
+    assert events.preview_steps == [3, 6]
 
 
 def test_a_cancelled_request_gets_no_more_previews() -> None:
